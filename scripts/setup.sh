@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Creates or updates the project's virtual environment (.venv) on a Debian machine with Python 3.11:
+# installs the Debian packages for headless rendering and open3d when missing, the pinned CPU torch,
+# then the project itself (editable) with its test dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP=$VENV/.installed
+
+# Debian packages: EGL + Mesa for MuJoCo's headless rendering (MUJOCO_GL=egl), OSMesa as a fallback,
+# libusb for open3d. Installed only when one is missing (needs root).
+DEB_PACKAGES=(libegl1 libgl1 libgles2 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "[setup] installing Debian packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
+    exit 0
+fi
+echo "[setup] installing Python packages into $VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# The CPU build of torch first: a looser requirement asked for first would pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+touch "$STAMP"
+echo "[setup] done: $("$VENV/bin/python" -c 'import torch, mujoco, metaworld; print("torch", torch.__version__, "mujoco", mujoco.__version__, "metaworld", metaworld.__version__ if hasattr(metaworld, "__version__") else "3.1.1")')"

@@ -1,0 +1,103 @@
+"""Meta-World point-cloud environments: spaces, seeding, episode rules, privileged state kept out."""
+
+import numpy as np
+import pytest
+
+from mfp.envs import make_env, task_names
+
+# One task from each difficulty group, plus peg-insert-side (its expert class has an odd name).
+SAMPLE = ["metaworld/reach", "metaworld/drawer-open", "metaworld/hammer", "metaworld/pick-place",
+          "metaworld/stick-pull", "metaworld/peg-insert-side"]
+
+
+def test_all_fifty_metaworld_tasks_and_four_adroit_tasks_are_named():
+    names = task_names()
+    assert sum(n.startswith("metaworld/") for n in names) == 50
+    assert [n for n in names if n.startswith("adroit/")] == ["adroit/door", "adroit/hammer", "adroit/pen", "adroit/relocate"]
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        make_env("metaworld/pick-plce")
+    assert "metaworld/pick-place" in str(e.value) and "adroit/door" in str(e.value)
+
+
+@pytest.mark.parametrize("task", SAMPLE)
+def test_observation_space_and_dtypes(task):
+    env = make_env(task)
+    try:
+        obs, info = env.reset(seed=0)
+        assert set(obs) == {"point_cloud", "agent_pos"}
+        assert obs["point_cloud"].shape == (512, 3) and obs["point_cloud"].dtype == np.float32
+        assert obs["agent_pos"].shape == (9,) and obs["agent_pos"].dtype == np.float32
+        assert env.observation_space.contains(obs)
+        assert info["full_state"].shape == (39,)
+        cfg = env.pc_config
+        assert np.all(obs["point_cloud"] >= np.array(cfg.crop_low) - 1e-6)
+        assert np.all(obs["point_cloud"] <= np.array(cfg.crop_high) + 1e-6)
+        assert np.ptp(obs["point_cloud"], axis=0).min() > 0.1  # a real scene, not a collapsed cloud
+        obs2, *_ = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs2)
+    finally:
+        env.close()
+
+
+def test_agent_pos_is_robot_state_not_object_state():
+    env = make_env("metaworld/pick-place")
+    try:
+        obs, info = env.reset(seed=5)
+        full = info["full_state"]
+        np.testing.assert_allclose(obs["agent_pos"][:3], full[:3], atol=1e-5)  # end-effector = full_state[0:3]
+        obj, goal = full[4:7], full[36:39]
+        for part in obs["agent_pos"].reshape(3, 3):  # end-effector, right pad, left pad: none is the object/goal
+            assert np.linalg.norm(part - obj) > 1e-3 and np.linalg.norm(part - goal) > 1e-3
+        # Moving the object by re-seeding leaves agent_pos at the same start pose.
+        obs_b, info_b = env.reset(seed=6)
+        assert not np.allclose(info_b["full_state"][4:7], obj)
+        np.testing.assert_allclose(obs_b["agent_pos"], obs["agent_pos"], atol=1e-3)
+    finally:
+        env.close()
+
+
+def test_seeded_resets_rerandomise_and_reproduce():
+    env = make_env("metaworld/pick-place")
+    try:
+        rng = np.random.default_rng(0)
+        actions = rng.uniform(-1, 1, (5, 4)).astype(np.float32)
+
+        def rollout(seed):
+            obs, info = env.reset(seed=seed)
+            states, clouds = [info["full_state"]], [obs["point_cloud"]]
+            for a in actions:
+                obs, _, _, _, info = env.step(a)
+                states.append(info["full_state"])
+                clouds.append(obs["point_cloud"])
+            return np.stack(states), np.stack(clouds)
+
+        s1, c1 = rollout(11)
+        s2, c2 = rollout(12)
+        s1b, c1b = rollout(11)
+        np.testing.assert_array_equal(s1, s1b)
+        np.testing.assert_array_equal(c1, c1b)
+        assert not np.allclose(s1[0, 4:7], s2[0, 4:7])  # object placement differs
+        assert not np.allclose(s1[0, 36:39], s2[0, 36:39])  # goal differs
+        assert not np.allclose(c1[0], c2[0])
+    finally:
+        env.close()
+
+
+def test_episode_is_200_steps_and_actions_are_clipped():
+    env = make_env("metaworld/reach")
+    try:
+        env.reset(seed=0)
+        for step in range(200):
+            _, _, terminated, truncated, info = env.step(np.array([5.0, -5.0, 0.2, 3.0], np.float32))
+            assert not terminated
+            assert truncated == (step == 199)
+        np.testing.assert_array_equal(info["executed_action"], np.array([1.0, -1.0, 0.2, 1.0], np.float32))
+        with pytest.raises(ValueError, match="shape"):
+            env.step(np.zeros(3, np.float32))
+        with pytest.raises(ValueError, match="non-finite"):
+            env.step(np.array([np.nan, 0, 0, 0], np.float32))
+    finally:
+        env.close()
