@@ -73,10 +73,7 @@ def _tasks_run(args) -> int:
 
 
 # --- bench -----------------------------------------------------------------------------------------
-def _bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks that print and save their figures as JSON",
-                       description="Benchmarks. Each prints its figures and saves them as JSON with their provenance.")
-    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+def _bench_collect_parser(bench) -> None:
     c = bench.add_parser("collect", help="environment steps/s with point clouds, 1 and several processes",
                          description="Environment steps per second with point-cloud observations: per stage, one "
                                      "process, and several processes at once.")
@@ -95,6 +92,19 @@ def _bench_collect_run(args) -> int:
     return 0
 
 
+# Each entry adds one `mfp bench NAME` parser to the bench subparsers.
+BENCH_COMMANDS = [_bench_collect_parser]
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print and save their figures as JSON",
+                       description="Benchmarks. Each prints its figures and saves them as JSON with their provenance.")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for add in BENCH_COMMANDS:
+        add(bench)
+
+
+# Each entry adds one `mfp COMMAND` parser.
 COMMANDS = [_collect_parser, _tasks_parser, _bench_parser]
 
 

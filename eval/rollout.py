@@ -1,0 +1,116 @@
+"""Rollouts of a policy in a simulated task: the policy side (observation history, action chunks) and episodes.
+
+`PolicyRunner` is the one implementation of the policy side: it keeps the last n_obs_steps observations
+(the first one repeated at an episode's start, as the training windows are padded), calls the network
+only when its queue of chunked actions is empty, and times each call. A simulator or a robot gives it
+observation dicts {point_cloud (N, 3), agent_pos (d,)} and executes the actions it returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+
+class PolicyRunner:
+    def __init__(self, policy, device: str | torch.device = "cpu"):
+        self.policy = policy.to(device).eval()
+        self.device = torch.device(device)
+        cfg = policy.config
+        self.n_obs_steps = int(cfg.n_obs_steps)
+        self._history: collections.deque = collections.deque(maxlen=self.n_obs_steps)
+        self._queue: collections.deque = collections.deque()
+        self.inference_ms: list[float] = []
+
+    def reset(self) -> None:
+        self._history.clear()
+        self._queue.clear()
+        self.policy.reset()
+
+    def _obs_batch(self) -> dict[str, torch.Tensor]:
+        keys = ("point_cloud", "agent_pos")
+        return {k: torch.as_tensor(np.stack([o[k] for o in self._history]), dtype=torch.float32,
+                                   device=self.device).unsqueeze(0) for k in keys}
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The next action (d_act,) for the latest observation."""
+        if not self._history:
+            self._history.extend([obs] * self.n_obs_steps)
+        else:
+            self._history.append(obs)
+        if not self._queue:
+            batch = self._obs_batch()
+            t0 = time.perf_counter()
+            actions = self.policy.predict_action(batch)["action"][0]  # (n_action_steps, d_act)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.inference_ms.append(1000 * (time.perf_counter() - t0))
+            self._queue.extend(actions.float().cpu().numpy())
+        return self._queue.popleft()
+
+
+@dataclass
+class EpisodeRecord:
+    seed: int
+    success: bool
+    steps: int
+    episode_return: float
+    first_success_step: int | None = None
+    inference_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["inference_ms_mean"] = float(np.mean(self.inference_ms)) if self.inference_ms else None
+        del d["inference_ms"]
+        return d
+
+
+def run_episode(env, runner: PolicyRunner, seed: int, frames: list | None = None) -> EpisodeRecord:
+    """One episode from `seed` until the env truncates; `frames` collects RGB renders when given."""
+    runner.reset()
+    obs, _ = env.reset(seed=seed)
+    record = EpisodeRecord(seed=int(seed), success=False, steps=0, episode_return=0.0)
+    n_calls = len(runner.inference_ms)
+    done = False
+    while not done:
+        if frames is not None:
+            frames.append(env.render())
+        obs, reward, terminated, truncated, info = env.step(runner.act(obs))
+        record.steps += 1
+        record.episode_return += float(reward)
+        if info["success"] and not record.success:
+            record.success, record.first_success_step = True, record.steps
+        done = terminated or truncated
+    record.inference_ms = runner.inference_ms[n_calls:]
+    return record
+
+
+def evaluate(policy, task: str, seeds, device: str = "cpu", progress: bool = True) -> dict:
+    """Success over the given evaluation seeds, serially: {"success_rate", "episodes": [...], ...}."""
+    from tqdm import tqdm
+
+    from mfp.envs import PointCloudConfig, make_env
+
+    pc = getattr(policy, "pc_config", None)
+    env = make_env(task, pc_config=PointCloudConfig.from_dict(pc) if isinstance(pc, dict) else pc)
+    runner = PolicyRunner(policy, device)
+    records = []
+    try:
+        for seed in tqdm(list(seeds), desc=f"eval {task}", unit="ep", disable=not progress):
+            records.append(run_episode(env, runner, seed))
+    finally:
+        env.close()
+    latencies = [ms for r in records for ms in r.inference_ms]
+    return {
+        "task": task,
+        "n_episodes": len(records),
+        "success_rate": float(np.mean([r.success for r in records])) if records else float("nan"),
+        "inference_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "inference_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "episodes": [r.to_dict() for r in records],
+    }
