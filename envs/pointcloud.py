@@ -12,6 +12,7 @@ the sampling; inputs larger than `max_points_before_fps` are first thinned by a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -84,6 +85,16 @@ def intrinsics_from_fovy(fovy_deg: float, width: int, height: int) -> np.ndarray
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_rays(h: int, w: int, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """(H*W, 2) float32: ((u - cx) / fx, (v - cy) / fy) per pixel, row-major; cached per camera."""
+    u = (np.arange(w, dtype=np.float32) - cx) / fx
+    v = (np.arange(h, dtype=np.float32) - cy) / fy
+    rays = np.stack([np.tile(u, h), np.repeat(v, w)], axis=1)
+    rays.setflags(write=False)
+    return rays
+
+
 def backproject(depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
     """depth (H, W) metres along the optical axis -> points (H*W, 3) float32 in the world frame.
 
@@ -92,13 +103,13 @@ def backproject(depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> n
     if depth.ndim != 2:
         raise ValueError(f"backproject: depth must be (H, W), got shape {depth.shape}")
     h, w = depth.shape
-    fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
-    z = depth.reshape(-1).astype(np.float32)
+    rays = _pixel_rays(h, w, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    z = depth.reshape(-1).astype(np.float32, copy=False)
     valid = np.isfinite(z) & (z > 0)
-    u = np.tile(np.arange(w, dtype=np.float32), h)[valid]
-    v = np.repeat(np.arange(h, dtype=np.float32), w)[valid]
     z = z[valid]
-    cam = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], axis=1)  # (M, 3) camera frame
+    cam = np.empty((len(z), 3), dtype=np.float32)  # camera frame
+    cam[:, :2] = rays[valid] * z[:, None]
+    cam[:, 2] = z
     R = cam_to_world[:3, :3].astype(np.float32)
     t = cam_to_world[:3, 3].astype(np.float32)
     return cam @ R.T + t
