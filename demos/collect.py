@@ -86,7 +86,7 @@ def _open_or_create(out: Path, task: str, env) -> DemoStore:
 
 def collect(task: str, episodes: int, out, seed_start: int | None = None, max_attempts: int | None = None,
             pc_config: PointCloudConfig | None = None, camera_size: int | None = None,
-            progress: bool = True, expert=None) -> CollectReport:
+            progress: bool = True, expert=None, num_points: int | None = None) -> CollectReport:
     """Record `episodes` successful expert episodes of `task` into the zarr store `out` (created or appended).
 
     Seeds continue after the last one the store attempted (or start at `seed_start`), stay in the
@@ -96,7 +96,7 @@ def collect(task: str, episodes: int, out, seed_start: int | None = None, max_at
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     out = Path(out)
-    env = make_env(task, pc_config=pc_config, camera_size=camera_size)
+    env = make_env(task, pc_config=pc_config, camera_size=camera_size, num_points=num_points)
     expert = expert if expert is not None else make_expert(task)
     store = _open_or_create(out, task, env)
     attrs = store.attrs

@@ -3,6 +3,8 @@ camera in the OpenCV convention, so that `envs/pointcloud.py` back-projects it l
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 
 import numpy as np
@@ -49,19 +51,22 @@ class MujocoCamera:
         if model.vis.global_.offwidth < self.width or model.vis.global_.offheight < self.height:
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
             model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
-        self._depth_renderer = None
-        self._rgb_renderer = None
+        # Renderers by kind ("depth", "rgb"), closed by close() or, failing that, at interpreter exit. The exit
+        # hook is registered after MuJoCo's own (which terminates the EGL display), so it runs before it.
+        self._renderers: dict = {}
+        self._exit_hook = functools.partial(_close_renderers, self._renderers)
         self.K = intrinsics_from_fovy(self.fovy, self.width, self.height)
 
     def _renderer(self, depth: bool):
-        mujoco = self._mujoco
-        attr = "_depth_renderer" if depth else "_rgb_renderer"
-        r = getattr(self, attr)
+        kind = "depth" if depth else "rgb"
+        r = self._renderers.get(kind)
         if r is None:
-            r = mujoco.Renderer(self.model, self.height, self.width)
+            r = self._mujoco.Renderer(self.model, self.height, self.width)
             if depth:
                 r.enable_depth_rendering()
-            setattr(self, attr, r)
+            if not self._renderers:
+                atexit.register(self._exit_hook)
+            self._renderers[kind] = r
         return r
 
     def _scene_camera(self):
@@ -105,11 +110,14 @@ class MujocoCamera:
         return r.render()
 
     def close(self) -> None:
-        for attr in ("_depth_renderer", "_rgb_renderer"):
-            r = getattr(self, attr)
-            if r is not None:
-                r.close()
-                setattr(self, attr, None)
+        atexit.unregister(self._exit_hook)
+        _close_renderers(self._renderers)
+
+
+def _close_renderers(renderers: dict) -> None:
+    for r in renderers.values():
+        r.close()
+    renderers.clear()
 
 
 def _look_at(pos: np.ndarray, lookat: np.ndarray, up: np.ndarray) -> dict:

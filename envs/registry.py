@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from .base import PointCloudEnv
@@ -27,10 +28,25 @@ def check_task_name(name: str) -> tuple[str, str]:
     return suite, task
 
 
-def make_env(name: str, pc_config: PointCloudConfig | None = None, camera_size: int | None = None,
-             render_rgb: bool = False, max_episode_steps: int = 200) -> PointCloudEnv:
-    """A gymnasium env with dict observations {point_cloud (N, 3), agent_pos (d,)} (see envs/base.py)."""
+def default_pc_config(name: str) -> PointCloudConfig:
+    """The task's point-cloud settings: its crop box, 512 points."""
     suite, task = check_task_name(name)
+    if suite == "metaworld":
+        return PointCloudConfig()
+    from .adroit_env import adroit_pc_config
+
+    return adroit_pc_config(task)
+
+
+def make_env(name: str, pc_config: PointCloudConfig | None = None, camera_size: int | None = None,
+             render_rgb: bool = False, max_episode_steps: int = 200, num_points: int | None = None) -> PointCloudEnv:
+    """A gymnasium env with dict observations {point_cloud (N, 3), agent_pos (d,)} (see envs/base.py).
+
+    `pc_config` replaces the task's point-cloud settings; `num_points` changes only their point count.
+    """
+    suite, task = check_task_name(name)
+    if num_points is not None:
+        pc_config = dataclasses.replace(pc_config or default_pc_config(name), num_points=num_points)
     kwargs = dict(pc_config=pc_config, render_rgb=render_rgb, max_episode_steps=max_episode_steps)
     if camera_size is not None:
         kwargs["camera_size"] = camera_size

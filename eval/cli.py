@@ -19,16 +19,8 @@ class CliError(Exception):
 
 def _add_pc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-points", type=int, default=None,
-                   help="points per cloud after farthest-point sampling (default: 512, or the dataset's when appending)")
+                   help="points per cloud after farthest-point sampling (default: 512; the task's crop box is kept)")
     p.add_argument("--camera-size", type=int, default=None, help="depth image width and height in pixels (default: 128)")
-
-
-def _pc_config(args):
-    if args.num_points is None:
-        return None
-    from mfp.envs import PointCloudConfig
-
-    return PointCloudConfig(num_points=args.num_points)
 
 
 # --- collect ---------------------------------------------------------------------------------------
@@ -54,7 +46,7 @@ def _collect_run(args) -> int:
     from mfp.demos.collect import collect
 
     report = collect(args.task, args.episodes, args.out, seed_start=args.seed_start, max_attempts=args.max_attempts,
-                     pc_config=_pc_config(args), camera_size=args.camera_size, progress=not args.no_progress)
+                     num_points=args.num_points, camera_size=args.camera_size, progress=not args.no_progress)
     print(report.summary())
     return 130 if report.interrupted else 0
 
