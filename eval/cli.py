@@ -12,6 +12,8 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from . import commands_eval, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
+
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
@@ -85,7 +87,7 @@ def _bench_collect_run(args) -> int:
 
 
 # Each entry adds one `mfp bench NAME` parser to the bench subparsers.
-BENCH_COMMANDS = [_bench_collect_parser]
+BENCH_COMMANDS = [_bench_collect_parser, commands_train.bench_train_parser, commands_train.bench_latency_parser]
 
 
 def _bench_parser(sub) -> None:
@@ -97,7 +99,7 @@ def _bench_parser(sub) -> None:
 
 
 # Each entry adds one `mfp COMMAND` parser.
-COMMANDS = [_collect_parser, _tasks_parser, _bench_parser]
+COMMANDS = [_collect_parser, _tasks_parser, commands_train.train_parser, commands_eval.eval_parser, _bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -90,19 +90,37 @@ def run_episode(env, runner: PolicyRunner, seed: int, frames: list | None = None
     return record
 
 
-def evaluate(policy, task: str, seeds, device: str = "cpu", progress: bool = True) -> dict:
-    """Success over the given evaluation seeds, serially: {"success_rate", "episodes": [...], ...}."""
+def policy_observation_settings(policy) -> dict:
+    """The task and point-cloud settings a checkpointed policy was trained with (from its dataset)."""
+    data = getattr(policy, "checkpoint_info", {}).get("data", {})
+    return {"task": data.get("task"), "point_cloud": data.get("point_cloud")}
+
+
+def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: bool = True) -> dict:
+    """Success over the given evaluation seeds, serially: {"success_rate", "episodes": [...], ...}.
+
+    The environment makes observations exactly as the policy's training data did (task, crop box, point
+    count from the checkpoint); `task` may only be omitted for a checkpointed policy.
+    """
     from tqdm import tqdm
 
     from mfp.envs import PointCloudConfig, make_env
 
-    pc = getattr(policy, "pc_config", None)
-    env = make_env(task, pc_config=PointCloudConfig.from_dict(pc) if isinstance(pc, dict) else pc)
+    settings = policy_observation_settings(policy)
+    task = task or settings["task"]
+    if task is None:
+        raise ValueError("evaluate: no task given and the policy's checkpoint names none")
+    if settings["task"] is not None and task != settings["task"]:
+        raise ValueError(f"evaluate: the policy was trained on {settings['task']}, not {task}")
+    pc = settings["point_cloud"]
+    env = make_env(task, pc_config=PointCloudConfig.from_dict(pc) if pc else None)
     runner = PolicyRunner(policy, device)
     records = []
     try:
-        for seed in tqdm(list(seeds), desc=f"eval {task}", unit="ep", disable=not progress):
+        bar = tqdm(list(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
+        for seed in bar:
             records.append(run_episode(env, runner, seed))
+            bar.set_postfix(success=f"{np.mean([r.success for r in records]):.0%}")
     finally:
         env.close()
     latencies = [ms for r in records for ms in r.inference_ms]

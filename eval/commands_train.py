@@ -1,0 +1,251 @@
+"""`mfp train`, `mfp bench train`, `mfp bench latency`: parsers and thin handlers over
+mfp.policies.training.train, mfp.eval.bench_train.bench_train and mfp.eval.bench_latency.bench_latency.
+
+`mfp train` reads the policy's shapes (n_points, agent_dim, action_dim) from the dataset; the dataset's
+point-cloud and camera description goes into every checkpoint. With --resume, the run's saved configs are the
+defaults and only the flags given on the command line override them (a change that would alter the training
+trajectory is refused by `train`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+HEADS = ("meanflow", "flowpolicy", "splitmeanflow", "dp3")
+PRESETS = ("tiny", "small", "paper")
+
+
+# --- mfp train ---------------------------------------------------------------------------------------------
+def train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a point-cloud policy on a recorded dataset",
+        description="Train a policy (DP3 encoder + 1-D UNet + a head objective) on a zarr dataset recorded by "
+                    "`mfp collect`. Checkpoints (safetensors + JSON) go to --out every --ckpt-every steps and at "
+                    "the end (step_XXXXXXXX.safetensors and last.safetensors); TensorBoard logs to --out/tb. "
+                    "Policy shapes come from the dataset. Under torchrun the same command trains with DDP.")
+    p.add_argument("--data", required=True, help="zarr dataset recorded by `mfp collect`")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and logs, e.g. runs/reach-meanflow")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (its saved settings are the defaults)")
+    g = p.add_argument_group("policy")
+    g.add_argument("--head", choices=HEADS, default=None, help="head objective (default: meanflow)")
+    g.add_argument("--preset", choices=PRESETS, default=None,
+                   help="UNet size: tiny (tests), small (about 5 M parameters, CPU default), paper (about 256 M)")
+    g.add_argument("--horizon", type=int, default=None, help="predicted actions per chunk H (default: 4, as MP1)")
+    g.add_argument("--n-obs-steps", type=int, default=None, help="observation steps conditioned on (default: 2)")
+    g.add_argument("--n-action-steps", type=int, default=None,
+                   help="actions executed per chunk, <= horizon - n_obs_steps + 1 (default: 3)")
+    g.add_argument("--dispersive-weight", type=float, default=None,
+                   help="weight of the dispersive regulariser on UNet down blocks 0 and 1 (default: 0, off; MP1: 0.5)")
+    g.add_argument("--head-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="set a field of the head's config, e.g. cfg_w=2.0 or sample_steps=2 (repeatable; "
+                        "values are parsed as JSON, else kept as text)")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps of the whole run (default: 1000)")
+    t.add_argument("--batch-size", type=int, default=None, help="samples per step and process (default: 64; MP1 128)")
+    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4)")
+    t.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 1e-6)")
+    t.add_argument("--warmup", type=int, default=None,
+                   help="linear warm-up steps of the cosine schedule, at most steps/10 (default: 500)")
+    t.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 for none (default: 1.0)")
+    t.add_argument("--no-ema", action="store_true", help="keep no EMA of the weights (default: EMA, power 0.75)")
+    t.add_argument("--seed", type=int, default=None, help="seed of weights, noise, data order and split (default: 0)")
+    t.add_argument("--val-ratio", type=float, default=None,
+                   help="fraction of episodes held out (default: 0.1, >= 1 episode)")
+    t.add_argument("--val-every", type=int, default=None,
+                   help="steps between validation losses, 0 for none (default: 500)")
+    t.add_argument("--ckpt-every", type=int, default=None, help="steps between periodic checkpoints (default: 1000)")
+    t.add_argument("--keep-checkpoints", type=int, default=None,
+                   help="periodic checkpoints to keep besides last.safetensors, 0 for all (default: 0)")
+    t.add_argument("--log-every", type=int, default=None, help="steps between TensorBoard scalars (default: 10)")
+    t.add_argument("--amp", choices=("none", "bf16"), default=None,
+                   help="bf16: bfloat16 autocast (the MeanFlow JVP stays float32) (default: none)")
+    t.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default: 0)")
+    t.add_argument("--max-nonfinite-steps", type=int, default=None,
+                   help="stop after this many consecutive non-finite losses (default: 10)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where to train; auto: cuda when available (default: auto)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy machine)")
+    t.add_argument("--no-heap-reuse", action="store_true",
+                   help="CPU: let glibc return freed activations to the OS every step (default: reuse them, "
+                        "which skips page faults; same computation)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_train_run)
+
+
+def _parse_head_options(items) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--head-option needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def dataset_shapes(path) -> dict[str, int]:
+    """n_points, agent_dim, action_dim of a recorded dataset."""
+    from mfp.demos.store import DemoStore
+
+    store = DemoStore.open(path, "r")
+    if store.n_episodes == 0:
+        raise ValueError(f"{path}: the dataset holds no episodes")
+    data = store.root["data"]
+    return {"n_points": int(data["point_cloud"].shape[1]), "agent_dim": int(data["state"].shape[1]),
+            "action_dim": int(data["action"].shape[1])}
+
+
+def configs_from_args(args) -> tuple:
+    """(PolicyConfig, TrainConfig) from the flags: the run's saved configs with --resume, else the defaults,
+    overridden by every flag given."""
+    from pathlib import Path
+
+    from mfp.policies.config import PolicyConfig
+    from mfp.policies.training import TrainConfig, read_checkpoint
+
+    if args.resume:
+        last = Path(args.out) / "last.safetensors"
+        if not last.exists():
+            raise FileNotFoundError(f"{args.out}: nothing to resume (no last.safetensors); "
+                                    f"drop --resume to start a run")
+        ckpt = read_checkpoint(last)
+        policy, trainer = ckpt.meta["policy_config"], ckpt.meta["train_config"]
+    else:
+        policy, trainer = {"head": "meanflow"}, TrainConfig().to_dict()
+    policy = dict(policy)
+    if args.head is not None and args.head != policy.get("head"):
+        policy = {k: v for k, v in policy.items() if k != "head_cfg"}   # another head: its own defaults
+        policy["head"] = args.head
+    for flag, key in (("horizon", "horizon"), ("n_obs_steps", "n_obs_steps"), ("n_action_steps", "n_action_steps")):
+        if getattr(args, flag) is not None:
+            policy[key] = getattr(args, flag)
+    if args.preset is not None:
+        unet = dict(policy.get("unet", {}))
+        unet.update(preset=args.preset, down_dims=None, time_embed_dim=None)
+        policy["unet"] = unet
+    if args.dispersive_weight is not None:
+        policy["dispersive"] = {**dict(policy.get("dispersive", {})), "weight": args.dispersive_weight}
+    options = _parse_head_options(args.head_option)
+    if options:
+        policy["head_cfg"] = {**dict(policy.get("head_cfg") or {}), **options}
+    if not args.resume:
+        policy.update(dataset_shapes(args.data))
+        policy.setdefault("unet", {"preset": "small"})
+    flags = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
+             "warmup": "warmup_steps", "grad_clip": "grad_clip", "seed": "seed", "val_ratio": "val_ratio",
+             "val_every": "val_every", "ckpt_every": "ckpt_every", "keep_checkpoints": "keep_checkpoints",
+             "log_every": "log_every", "amp": "amp", "num_workers": "num_workers",
+             "max_nonfinite_steps": "max_nonfinite_steps", "device": "device"}
+    trainer = dict(trainer)
+    for flag, key in flags.items():
+        if getattr(args, flag) is not None:
+            trainer[key] = getattr(args, flag)
+    if args.no_ema:
+        trainer["ema"] = False
+    if args.no_heap_reuse:
+        trainer["reuse_cpu_memory"] = False
+    return PolicyConfig.from_dict(policy), TrainConfig.from_dict(trainer)
+
+
+def _train_run(args) -> int:
+    import torch
+
+    from mfp.policies.training import train
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    policy_config, train_config = configs_from_args(args)
+    result = train(args.data, policy_config, train_config, args.out, resume=args.resume,
+                   progress=not args.no_progress)
+    if result.get("world_size", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.4f}"
+        print(f"trained {policy_config.head} to step {result['step']}: train loss {fmt(result['train_loss'])}, "
+              f"val loss {fmt(result['val_loss'])} (EMA {fmt(result['val_loss_ema'])}), "
+              f"{result['nonfinite_steps']} non-finite steps skipped; checkpoint {result['last_checkpoint']}")
+    return 0
+
+
+# --- mfp bench train / latency -------------------------------------------------------------------------------
+def _csv(text: str, allowed=None) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise ValueError(f"unknown value(s) {bad}; choose from {list(allowed)}")
+    return items
+
+
+def bench_train_parser(bench) -> None:
+    b = bench.add_parser(
+        "train", help="training step time per head, fp32 and bf16, JVP cost, encoder share",
+        description="Training step time (forward + backward + optimiser) and samples/s per head on synthetic "
+                    "batches, fp32 and bf16 autocast; MeanFlow's step relative to FlowPolicy and SplitMeanFlow "
+                    "(paired, in one process); the observation encoder's share of the step.")
+    b.add_argument("--heads", default=",".join(HEADS), help=f"comma-separated heads (default: {','.join(HEADS)})")
+    b.add_argument("--preset", choices=PRESETS, default="small", help="UNet preset (default: small)")
+    b.add_argument("--batch-size", type=int, default=64, help="samples per step (default: 64)")
+    b.add_argument("--n-points", type=int, default=512, help="points per cloud (default: 512)")
+    b.add_argument("--steps", type=int, default=5, help="timed steps per head and precision (default: 5)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    b.add_argument("--amp", default="none,bf16", help="comma-separated precisions: none, bf16 (default: none,bf16)")
+    b.add_argument("--dispersive-weight", type=float, default=0.0, help="dispersive loss weight (default: 0)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
+    b.add_argument("--out", default="runs/bench/train.json", help="JSON output (default: runs/bench/train.json)")
+    b.set_defaults(run=_bench_train_run)
+
+
+def _bench_train_run(args) -> int:
+    from .bench_train import bench_train
+
+    bench_train(heads=_csv(args.heads, HEADS), preset=args.preset, batch_size=args.batch_size,
+                n_points=args.n_points, steps=args.steps, warmup=args.warmup, amps=_csv(args.amp, ("none", "bf16")),
+                dispersive_weight=args.dispersive_weight, threads=args.threads, device=args.device, out=args.out)
+    return 0
+
+
+def bench_latency_parser(bench) -> None:
+    b = bench.add_parser(
+        "latency", help="observation -> action latency at batch 1 per head, with point-cloud preprocessing",
+        description="Observation -> action latency at batch 1 (p50 / p99 over many calls after warm-up) per head "
+                    "and UNet preset, including the point-cloud preprocessing of a rendered 128x128 depth image "
+                    "(also timed alone); on CPU, and on CUDA when available (eager, torch.compile, CUDA graphs). "
+                    "Reports MeanFlow's speed-up over DP3-DDIM10 measured in the same run.")
+    b.add_argument("--heads", default=",".join(HEADS), help=f"comma-separated heads (default: {','.join(HEADS)})")
+    b.add_argument("--presets", default="small", help="comma-separated UNet presets (default: small)")
+    b.add_argument("--paper", action="store_true", help="also time the paper preset (slow on CPU)")
+    b.add_argument("--calls", type=int, default=200, help="timed calls per configuration (default: 200)")
+    b.add_argument("--warmup", type=int, default=20, help="untimed calls first (default: 20)")
+    b.add_argument("--task", default="metaworld/reach",
+                   help="task whose camera renders the depth image (default: metaworld/reach)")
+    b.add_argument("--devices", default="auto",
+                   help="comma-separated: cpu, cuda; auto = cpu and cuda when available (default: auto)")
+    b.add_argument("--no-compile", action="store_true",
+                   help="on CUDA, time eager only (no torch.compile / CUDA graphs)")
+    b.add_argument("--cpu-compile", action="store_true",
+                   help="on CPU, also time torch.compile (about a minute of compilation per head here)")
+    b.add_argument("--threads", default="1",
+                   help="comma-separated torch CPU thread counts to time, e.g. 1,2 (default: 1; batch-1 inference "
+                        "is per-operation overhead bound)")
+    b.add_argument("--out", default="runs/bench/latency.json", help="JSON output (default: runs/bench/latency.json)")
+    b.set_defaults(run=_bench_latency_run)
+
+
+def _bench_latency_run(args) -> int:
+    from .bench_latency import bench_latency
+
+    presets = _csv(args.presets, PRESETS)
+    if args.paper and "paper" not in presets:
+        presets += ("paper",)
+    devices = None if args.devices == "auto" else _csv(args.devices, ("cpu", "cuda"))
+    bench_latency(heads=_csv(args.heads, HEADS), presets=presets, calls=args.calls, warmup=args.warmup, task=args.task,
+                  devices=devices, compile_cuda=not args.no_compile, compile_cpu=args.cpu_compile,
+                  threads=tuple(int(t) for t in _csv(args.threads)), out=args.out)
+    return 0
+

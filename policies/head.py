@@ -1,0 +1,84 @@
+"""The interface every head objective implements (MeanFlow, FlowPolicy, DP3, SplitMeanFlow).
+
+A head knows how to turn clean normalised actions x (B, H, A) and a global condition into a training loss for a
+backbone `net` (call signature in unet.py), and how to turn noise into actions. It owns no network weights, so the
+same head works with the UNet (policies) and the MLP (toy problems and tests).
+Conventions of every head: t in [0, 1], t = 1 is noise; z_t = (1 - t) x + t e; v = dz/dt = e - x.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class HeadLoss:
+    loss: torch.Tensor                      # scalar, differentiable
+    logs: dict[str, float]                  # floats to log
+    features: list[torch.Tensor] = field(default_factory=list)  # backbone features of the gradient-carrying pass
+
+
+class Head(nn.Module, abc.ABC):
+    two_times: bool = False                 # whether the backbone takes (r, t) rather than t alone
+
+    @abc.abstractmethod
+    def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
+             return_features: bool = False) -> HeadLoss:
+        """x: (B, H, A) clean normalised actions, cond: (B, C)."""
+
+    @abc.abstractmethod
+    def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """noise: (B, H, A) ~ N(0, I) -> normalised actions (B, H, A)."""
+
+
+def expand_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) broadcastable against x."""
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def per_sample_sq_error(err: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """(B, ...) -> (B,) squared error summed (||err||^2) or averaged over the non-batch dims."""
+    sq = err.pow(2).reshape(err.shape[0], -1)
+    return sq.sum(dim=1) if reduction == "sum" else sq.mean(dim=1)
+
+
+def adaptive_weight(sq_err: torch.Tensor, p: float, c: float) -> torch.Tensor:
+    """MeanFlow's adaptive loss weight w = 1 / (||err||^2 + c)^p, stop-gradient. sq_err: (B,) -> (B,)."""
+    return (sq_err.detach() + c).pow(-p)
+
+
+def adaptive_l2_loss(err: torch.Tensor, p: float, c: float, reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """mean_i w_i ||err_i||^2 with w = adaptive_weight (p = 0: plain L2). Returns (loss, per-sample ||err||^2)."""
+    sq = per_sample_sq_error(err, reduction)
+    return (adaptive_weight(sq, p, c) * sq).mean(), sq
+
+
+def sample_logit_normal_pair(batch: int, mean: float, std: float, ratio_r_eq_t: float, device: torch.device | str,
+                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r), each (B,): two logit-normal draws sorted so t >= r; then a random int(ratio * B) of the batch
+    gets r = t (MP1 / MeanFlow code)."""
+    normal = torch.randn(batch, 2, device=device, generator=generator) * std + mean
+    pair = torch.sigmoid(normal)
+    t, r = pair.max(dim=1).values, pair.min(dim=1).values
+    n_equal = int(ratio_r_eq_t * batch)
+    idx = torch.randperm(batch, device=device, generator=generator)[:n_equal]
+    r = r.clone()
+    r[idx] = t[idx]
+    return t, r
+
+
+def average_velocity_sample(net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, steps: int) -> torch.Tensor:
+    """Sampling with an average-velocity network u(z, r, t): z_r = z_t - (t - r) u(z_t, r, t) on a uniform grid
+    from t = 1 to 0. One step: x = e - u(e, 0, 1)."""
+    times = torch.linspace(1.0, 0.0, steps + 1, device=noise.device, dtype=noise.dtype)
+    z = noise
+    B = noise.shape[0]
+    for i in range(steps):
+        t, r = times[i].expand(B), times[i + 1].expand(B)
+        z = z - (times[i] - times[i + 1]) * net(z, t, r, cond=cond)
+    return z

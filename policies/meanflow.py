@@ -1,0 +1,101 @@
+"""The MeanFlow objective (MP1's head): learn the average velocity u(z_t, r, t) over [r, t], sample in one step.
+
+    MeanFlow identity   u(z_t, r, t) = v - (t - r) du/dt,   du/dt = JVP of u along (dz/dt, dr/dt, dt/dt) = (v, 0, 1)
+    target              u_tgt = sg(v - (t - r) * du/dt)          (torch.func.jvp, in float32 or wider)
+    loss                mean_i w_i ||u_i - u_tgt_i||^2,   w = sg(1 / (||u - u_tgt||^2 + c)^p)
+    (t, r)              logit-normal pairs sorted t >= r, a fraction with r = t (plain flow matching)
+    guidance (CFG)      v_tilde = w v + kappa u(z_t, t, t | c) + (1 - w - kappa) u(z_t, t, t | null)  (no grad)
+                        replaces v in the target AND as the JVP tangent; samples whose condition was dropped
+                        (prob. p_uncond, learned null embedding) keep v_tilde = v. w = 1, kappa = 0: unguided.
+    sampling            one step x = e - u(e, 0, 1); k steps z_r = z_t - (t - r) u(z_t, r, t)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import MeanFlowConfig
+from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_logit_normal_pair
+
+
+def guided_velocity(v: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor, w: float, kappa: float,
+                    dropped: torch.Tensor | None = None) -> torch.Tensor:
+    """v_tilde = w v + kappa u_cond + (1 - w - kappa) u_null, and v where `dropped` (B,) is True. All (B, H, A)."""
+    v_tilde = w * v + kappa * u_cond + (1.0 - w - kappa) * u_null
+    if dropped is not None:
+        v_tilde = torch.where(expand_time(dropped, v), v, v_tilde)
+    return v_tilde
+
+
+def meanflow_target(v: torch.Tensor, dudt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """u_tgt = sg(v - (t - r) du/dt). v, dudt: (B, H, A); t, r: (B,)."""
+    return (v - expand_time(t - r, v) * dudt).detach()
+
+
+def jvp_dudt(fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dz_dt: torch.Tensor):
+    """Total time derivative of u = fn(z, r, t) along (dz/dt, dr/dt, dt/dt) = (dz_dt, 0, 1), by forward-mode AD.
+
+    fn returns (u, aux). Runs outside autocast and in at least float32 (half-precision JVPs are a known NaN
+    source). Returns (u, du/dt, aux); u and aux keep their autograd graph, du/dt is not detached here."""
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    z, r, t, dz_dt = (a.to(dtype) for a in (z, r, t, dz_dt))
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        u, dudt, aux = torch.func.jvp(fn, (z, r, t), (dz_dt, torch.zeros_like(r), torch.ones_like(t)), has_aux=True)
+    return u, dudt, aux
+
+
+class MeanFlowHead(Head):
+    two_times = True
+
+    def __init__(self, cfg: MeanFlowConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def target(self, v_tilde: torch.Tensor, dudt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The regression target; a method so that an ablation (e.g. a test's wrong target) can override it."""
+        return meanflow_target(v_tilde, dudt, t, r)
+
+    def guided_velocity(self, net: nn.Module, z: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
+                        cond: torch.Tensor | None, dropped: torch.Tensor | None) -> torch.Tensor:
+        """v_tilde with this head's (w, kappa): two extra passes u(z, t, t | c) and u(z, t, t | null), no grad."""
+        B = z.shape[0]
+        with torch.no_grad():
+            keep = torch.zeros(B, dtype=torch.bool, device=z.device)
+            u_cond = net(z, t, t, cond=cond, null_mask=keep)
+            u_null = net(z, t, t, cond=cond, null_mask=~keep)
+        return guided_velocity(v, u_cond, u_null, self.cfg.cfg_w, self.cfg.cfg_kappa, dropped)
+
+    def targets(self, net: nn.Module, x: torch.Tensor, e: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+                cond: torch.Tensor | None, dropped: torch.Tensor | None = None):
+        """Deterministic part of the loss, for given data x, noise e (B, H, A), times t >= r (B,) and dropped
+        conditions (B,) bool. Returns (u, u_tgt, v_tilde, du/dt, features); only u and features carry gradient."""
+        z = (1 - expand_time(t, x)) * x + expand_time(t, x) * e   # z_t: (B, H, A)
+        v = e - x
+        v_tilde = self.guided_velocity(net, z, v, t, cond, dropped) if self.cfg.guided else v
+
+        def u_fn(z_, r_, t_):
+            return net(z_, t_, r_, cond=cond, null_mask=dropped, return_features=True)
+
+        u, dudt, features = jvp_dudt(u_fn, z, r, t, v_tilde)
+        dudt = dudt.detach()
+        return u, self.target(v_tilde, dudt, t, r), v_tilde, dudt, list(features)
+
+    def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
+             return_features: bool = False) -> HeadLoss:
+        cfg = self.cfg
+        B = x.shape[0]
+        t, r = sample_logit_normal_pair(B, cfg.time_mean, cfg.time_std, cfg.ratio_r_eq_t, x.device)
+        t, r = t.to(x.dtype), r.to(x.dtype)
+        e = torch.randn_like(x)
+        dropped = (torch.rand(B, device=x.device) < cfg.p_uncond) if cfg.p_uncond > 0 else None  # (B,) bool
+        u, u_tgt, _, dudt, features = self.targets(net, x, e, t, r, cond, dropped)
+        loss, _ = adaptive_l2_loss(u - u_tgt, cfg.adaptive_p, cfg.adaptive_c, cfg.error_reduction)
+        logs = {"flow_loss": loss.item(), "mse": (u - u_tgt).detach().pow(2).mean().item(),
+                "dudt_abs": dudt.abs().mean().item()}
+        return HeadLoss(loss, logs, features if return_features else [])
+
+    @torch.no_grad()
+    def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
+               generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+        return average_velocity_sample(net, noise, cond, steps or self.cfg.sample_steps)

@@ -1,0 +1,103 @@
+"""The action backbone: a 1-D temporal UNet over the action chunk with FiLM conditioning (DP3 / Diffusion Policy's
+ConditionalUnet1D: Conv1d residual blocks, kernel 5, GroupNorm 8, Mish).
+
+Call signature shared by every backbone (see also mlp.py), used by all heads:
+    net(x, t, r=None, cond=None, null_mask=None, return_features=False)
+        x: (B, H, A) noisy actions         t, r: (B,) times in [0, 1] (r only for two-time heads)
+        cond: (B, C) global condition      null_mask: (B,) bool, rows whose condition is replaced by the null embedding
+    -> out (B, H, A), or (out, features) with features = [down-block outputs (B, C_i, H / 2**i)] when asked.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import UNetConfig
+from .embeddings import NullCondition, TimeEmbedding
+
+
+class Conv1dBlock(nn.Sequential):
+    """Conv1d (same length) -> GroupNorm -> Mish."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, n_groups: int):
+        super().__init__(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+                         nn.GroupNorm(n_groups, c_out), nn.Mish())
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two Conv1dBlocks; FiLM (per-channel scale and bias predicted from the condition) after the first."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int, n_groups: int):
+        super().__init__()
+        self.conv1 = Conv1dBlock(c_in, c_out, kernel_size, n_groups)
+        self.conv2 = Conv1dBlock(c_out, c_out, kernel_size, n_groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x: (B, c_in, T), cond: (B, cond_dim) -> (B, c_out, T)."""
+        h = self.conv1(x)
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)  # (B, c_out, 1) each
+        h = self.conv2(scale * h + bias)
+        return h + self.residual(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    def __init__(self, action_dim: int, global_cond_dim: int, down_dims: tuple[int, ...] = (64, 128, 256),
+                 time_embed_dim: int = 128, kernel_size: int = 5, n_groups: int = 8, time_scale: float = 1.0,
+                 two_times: bool = False, time_combine: str = "sum", second_time: str = "r"):
+        super().__init__()
+        self.time_embed = TimeEmbedding(time_embed_dim, time_scale, two_times, time_combine, second_time)
+        self.null_cond = NullCondition(global_cond_dim)
+        cond_dim = self.time_embed.out_dim + global_cond_dim
+
+        def block(c_in: int, c_out: int) -> ConditionalResidualBlock1D:
+            return ConditionalResidualBlock1D(c_in, c_out, cond_dim, kernel_size, n_groups)
+
+        dims = [action_dim, *down_dims]
+        in_out = list(zip(dims[:-1], dims[1:]))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(in_out):
+            last = i == len(in_out) - 1
+            self.down.append(nn.ModuleList([
+                block(c_in, c_out), block(c_out, c_out),
+                nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),  # T -> T / 2
+            ]))
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(in_out[1:]):
+            self.up.append(nn.ModuleList([
+                block(2 * c_out, c_in), block(c_in, c_in),
+                nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1),  # T -> 2 T
+            ]))
+        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+                                   nn.Conv1d(down_dims[0], action_dim, 1))
+
+    @classmethod
+    def from_config(cls, cfg: UNetConfig, action_dim: int, global_cond_dim: int, two_times: bool) -> "ConditionalUnet1D":
+        return cls(action_dim, global_cond_dim, cfg.down_dims, cfg.time_embed_dim, cfg.kernel_size, cfg.n_groups,
+                   cfg.time_scale, two_times, cfg.time_combine, cfg.second_time)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None, null_mask: torch.Tensor | None = None,
+                return_features: bool = False):
+        if cond is None:
+            raise ValueError("ConditionalUnet1D needs the global condition `cond` (B, C)")
+        cond = self.null_cond(cond, null_mask)
+        film_cond = torch.cat([self.time_embed(t, r), cond], dim=-1)  # (B, time_dim + C)
+
+        h = x.transpose(1, 2)  # (B, A, H)
+        skips, features = [], []
+        for res1, res2, downsample in self.down:
+            h = res2(res1(h, film_cond), film_cond)
+            skips.append(h)
+            features.append(h)  # (B, C_i, H / 2**i): the dispersive loss's inputs
+            h = downsample(h)
+        for res in self.mid:
+            h = res(h, film_cond)
+        for res1, res2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(res2(res1(h, film_cond), film_cond))
+        out = self.final(h).transpose(1, 2)  # (B, H, A)
+        return (out, features) if return_features else out
