@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 
-from mfp.demos.atomic import atomic_write_json
 from mfp.demos.provenance import provenance
 from mfp.envs import backproject, crop, farthest_point_sample, make_env
+
+from .bench_report import save_and_print
 
 
 def _numpy_fps(points: np.ndarray, k: int) -> np.ndarray:
@@ -109,6 +110,4 @@ def bench_collect(task: str = "metaworld/pick-place", steps: int = 400, processe
                  "total_steps_per_s": round(sum(rates), 1), "wall_s_including_startup": round(wall, 1)}
         result["parallel"].append(entry)
         echo(f"  {n} processes: {entry['total_steps_per_s']} steps/s in total ({entry['per_process_steps_per_s']} each)")
-    atomic_write_json(out, result)
-    echo(f"  saved {out}")
-    return result
+    return save_and_print(result, out, None)

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import torch
 
-from mfp.demos.atomic import atomic_write_json
 from mfp.demos.provenance import provenance
+
+from .bench_report import save_and_print
 
 HEADS = ("meanflow", "flowpolicy", "splitmeanflow", "dp3")
 TARGETS = {"meanflow_over_dp3_min": 8.0, "meanflow_total_ms_max": 5.0}
@@ -181,13 +182,7 @@ def bench_latency(heads=HEADS, presets=("small",), calls: int = 200, warmup: int
         result["meets"] = {"cpu_small_speedup_ge_8": cpu_small["policy_p50"] >= TARGETS["meanflow_over_dp3_min"],
                            "cpu_small_meanflow_total_lt_5ms":
                                cpu_small["meanflow_total_ms_p50"] < TARGETS["meanflow_total_ms_max"]}
-    if out:
-        atomic_write_json(out, result)
-    if verbose:
-        print(format_table(result))
-        if out:
-            print(f"saved {out}")
-    return result
+    return save_and_print(result, out, format_table(result) if verbose else None, verbose)
 
 
 def _row_line(r: dict) -> str:

@@ -18,9 +18,10 @@ import time
 import numpy as np
 import torch
 
-from mfp.demos.atomic import atomic_write_json
 from mfp.demos.normalizer import MinMaxNormalizer
 from mfp.demos.provenance import provenance
+
+from .bench_report import save_and_print
 
 HEADS = ("meanflow", "flowpolicy", "splitmeanflow", "dp3")
 TARGETS = {"meanflow_small_b64_step_ms_max": 250.0, "meanflow_over_flowpolicy_max": 2.0}
@@ -202,13 +203,7 @@ def bench_train(heads=HEADS, preset: str = "small", batch_size: int = 64, n_poin
                                                          for a, r in ratios.items() if "meanflow_over_flowpolicy" in r}}
     if alloc_compare:
         reuse_freed_cpu_memory(False)
-    if out:
-        atomic_write_json(out, result)
-    if verbose:
-        print(format_table(result))
-        if out:
-            print(f"saved {out}")
-    return result
+    return save_and_print(result, out, format_table(result) if verbose else None, verbose)
 
 
 def format_table(result: dict) -> str:

@@ -14,3 +14,14 @@ def reach_demos(tmp_path_factory):
     path = tmp_path_factory.mktemp("demos") / "reach.zarr"
     collect("metaworld/reach", 3, path, progress=False)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine: one torch thread is faster than two (per-op overhead)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

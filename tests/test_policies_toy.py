@@ -26,13 +26,7 @@ STD = 0.3
 THRESHOLD = 0.25
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: threads only add overhead, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sample_toy(c: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -23,13 +23,7 @@ from mfp.policies.training import (CheckpointError, NonFiniteLossError, TrainCon
 N_POINTS = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one torch thread is several times faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_store(path, n_eps: int = 4, T: int = 16, n_points: int = N_POINTS, agent_dim: int = 9, action_dim: int = 4):
