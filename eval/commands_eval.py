@@ -14,7 +14,7 @@ def eval_parser(sub) -> None:
     p.add_argument("--seed-offset", type=int, default=0, help="first evaluation seed is 1000000 + this (default: 0)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the training weights instead of the EMA weights")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out", default=None, help="results JSON (default: <run folder>/eval.json)")
+    p.add_argument("--out", default=None, help="results JSON (default: <run folder>/eval-<checkpoint name>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_eval_run)
 
@@ -39,7 +39,7 @@ def _eval_run(args) -> int:
                             "weights": policy.checkpoint_info["weights"],
                             "head": policy.checkpoint_info["policy_config"].get("head")}
     result["provenance"] = provenance()
-    out = Path(args.out) if args.out else ckpt.parent / "eval.json"
+    out = Path(args.out) if args.out else ckpt.parent / f"eval-{ckpt.stem}.json"
     atomic_write_json(out, result)
     print(f"{result['task']}: success {result['success_rate']:.0%} over {result['n_episodes']} episodes "
           f"(seeds {eval_seeds(1, args.seed_offset)[0]}..), inference p50 {result['inference_ms_p50']:.1f} ms, "

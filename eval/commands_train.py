@@ -71,6 +71,12 @@ def train_parser(sub) -> None:
     t.add_argument("--no-heap-reuse", action="store_true",
                    help="CPU: let glibc return freed activations to the OS every step (default: reuse them, "
                         "which skips page faults; same computation)")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="roll the EMA policy out in the dataset's task every this many steps and at the end; results "
+                        "in --out/eval.json and TensorBoard (default: 0, off)")
+    t.add_argument("--eval-episodes", type=int, default=0,
+                   help="evaluation episodes per rollout during training (fixed evaluation seeds; default: 0, "
+                        "10 when --eval-every is set)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_train_run)
 
@@ -152,6 +158,27 @@ def configs_from_args(args) -> tuple:
     return PolicyConfig.from_dict(policy), TrainConfig.from_dict(trainer)
 
 
+def simulation_eval_fn(data_path, episodes: int):
+    """The training hook that rolls the EMA policy out in the dataset's task on `episodes` evaluation seeds."""
+    from mfp.demos.seeds import eval_seeds
+    from mfp.demos.store import DemoStore
+
+    from .rollout import evaluate
+
+    if episodes < 1:
+        raise ValueError(f"--eval-episodes must be >= 1 when evaluating during training, got {episodes}")
+    attrs = DemoStore.open(data_path).attrs
+    task, point_cloud = attrs.get("task"), attrs.get("point_cloud")
+    if task is None:
+        raise ValueError(f"{data_path}: the dataset names no task, so it cannot be evaluated in simulation")
+
+    def eval_fn(policy, step: int) -> dict:
+        result = evaluate(policy, task, eval_seeds(episodes), progress=False, point_cloud=point_cloud)
+        return {k: result[k] for k in ("task", "n_episodes", "success_rate", "inference_ms_p50", "inference_ms_p99")}
+
+    return eval_fn
+
+
 def _train_run(args) -> int:
     import torch
 
@@ -160,8 +187,10 @@ def _train_run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     policy_config, train_config = configs_from_args(args)
-    result = train(args.data, policy_config, train_config, args.out, resume=args.resume,
-                   progress=not args.no_progress)
+    episodes = args.eval_episodes or (10 if args.eval_every else 0)
+    eval_fn = simulation_eval_fn(args.data, episodes) if episodes else None
+    result = train(args.data, policy_config, train_config, args.out, resume=args.resume, eval_fn=eval_fn,
+                   eval_every=args.eval_every, progress=not args.no_progress)
     if result.get("world_size", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
         def fmt(v):
             return "n/a" if v is None else f"{v:.4f}"

@@ -96,17 +96,21 @@ def policy_observation_settings(policy) -> dict:
     return {"task": data.get("task"), "point_cloud": data.get("point_cloud")}
 
 
-def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: bool = True) -> dict:
+def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: bool = True,
+             point_cloud: dict | None = None) -> dict:
     """Success over the given evaluation seeds, serially: {"success_rate", "episodes": [...], ...}.
 
     The environment makes observations exactly as the policy's training data did (task, crop box, point
-    count from the checkpoint); `task` may only be omitted for a checkpointed policy.
+    count from the checkpoint, or `point_cloud`: the dataset's settings); `task` may only be omitted for a
+    checkpointed policy.
     """
     from tqdm import tqdm
 
     from mfp.envs import PointCloudConfig, make_env
 
     settings = policy_observation_settings(policy)
+    if point_cloud is not None:
+        settings["point_cloud"] = point_cloud
     task = task or settings["task"]
     if task is None:
         raise ValueError("evaluate: no task given and the policy's checkpoint names none")

@@ -9,7 +9,7 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 MFP=.venv/bin/mfp
 TASK=${TASK:-metaworld/drawer-open}
 EPISODES=${EPISODES:-10}
-STEPS=${STEPS:-1500}
+STEPS=${STEPS:-2000}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
 NAME=${TASK//\//_}
 DATA=data/demo/${NAME}.zarr
@@ -24,6 +24,6 @@ rm -rf "$RUN"
 $MFP train --data "$DATA" --head meanflow --preset small --steps "$STEPS" --amp bf16 --out "$RUN"
 
 echo "== 3/3 evaluate the EMA policy on $EVAL_EPISODES held-out episodes"
-$MFP eval --ckpt "$RUN" --episodes "$EVAL_EPISODES" --out "$RUN/eval.json"
+$MFP eval --ckpt "$RUN" --episodes "$EVAL_EPISODES"
 echo
-echo "Dataset: $DATA   checkpoint: $RUN/last.safetensors   results: $RUN/eval.json   logs: tensorboard --logdir $RUN/tb"
+echo "Dataset: $DATA   checkpoint: $RUN/last.safetensors   results: $RUN/eval-last.json   logs: tensorboard --logdir $RUN/tb"
