@@ -155,3 +155,19 @@ def test_clear_errors_for_bad_inputs(head):
     fresh = build_policy(cfg)                                # normaliser never fitted
     with pytest.raises(KeyError, match="normaliser has no statistics"):
         fresh.compute_loss(batch)
+
+
+def test_sequence_conv_matches_torch_conv1d():
+    from mfp.policies.unet import SequenceConv1d
+
+    torch.manual_seed(0)
+    for c_in, c_out, k, T in ((4, 64, 5, 4), (64, 32, 5, 1), (16, 8, 1, 3), (8, 8, 3, 16)):
+        conv = SequenceConv1d(c_in, c_out, k)
+        ref = torch.nn.Conv1d(c_in, c_out, k, padding=k // 2)
+        ref.load_state_dict(conv.state_dict())
+        x = torch.randn(3, c_in, T, requires_grad=True)
+        torch.testing.assert_close(conv(x), ref(x), rtol=1e-5, atol=1e-5)
+        g1 = torch.autograd.grad(conv(x).square().sum(), (x, conv.weight))
+        g2 = torch.autograd.grad(ref(x).square().sum(), (x, ref.weight))
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
