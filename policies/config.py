@@ -31,61 +31,57 @@ def _check_prob(name: str, value: float) -> None:
 
 # --- head objectives ------------------------------------------------------------------------------------
 @dataclass
-class MeanFlowConfig:
-    """MeanFlow (average velocity u(z, r, t), one-step sampling). Defaults follow MP1 where it differs from
-    the MeanFlow paper (paper: ratio_r_eq_t 0.75, adaptive_p 1.0, p_uncond 0.1)."""
+class AverageVelocityConfig:
+    """What MeanFlow and SplitMeanFlow share: they learn the same u(z, r, t). Defaults follow MP1 where it differs
+    from the MeanFlow paper (paper: ratio_r_eq_t 0.75, adaptive_p 1.0)."""
 
-    name: ClassVar[str] = "meanflow"
-    ratio_r_eq_t: float = 0.5       # fraction of the batch with r = t (plain flow matching); MP1 0.5
+    name: ClassVar[str] = "average_velocity"
+    ratio_r_eq_t: float = 0.5       # fraction of the batch with r = t (plain flow matching / boundary u(z, t, t) = v)
     time_mean: float = -0.4         # logit-normal (t, r) sampling: sigmoid(N(mean, std))
     time_std: float = 1.0
     adaptive_p: float = 0.5         # w = 1 / (||err||^2 + c)^p, stop-gradient; MP1 0.5, MeanFlow paper 1.0
     adaptive_c: float = 1e-3
     error_reduction: str = "sum"    # ||err||^2 per sample: "sum" over (H, A) as in the paper; MP1's code uses "mean"
+    sample_steps: int = 1           # 1 = one network evaluation
+
+    def __post_init__(self) -> None:
+        n = self.name
+        _check_prob(f"{n}.ratio_r_eq_t", self.ratio_r_eq_t)
+        _check(self.time_std > 0, f"{n}.time_std must be > 0, got {self.time_std}")
+        _check(self.adaptive_p >= 0, f"{n}.adaptive_p must be >= 0, got {self.adaptive_p}")
+        _check(self.adaptive_c > 0, f"{n}.adaptive_c must be > 0, got {self.adaptive_c}")
+        _check(self.error_reduction in ("sum", "mean"),
+               f"{n}.error_reduction must be 'sum' or 'mean', got {self.error_reduction!r}")
+        _check(self.sample_steps >= 1, f"{n}.sample_steps must be >= 1, got {self.sample_steps}")
+
+
+@dataclass
+class MeanFlowConfig(AverageVelocityConfig):
+    """MeanFlow (average velocity u(z, r, t) from the JVP identity, one-step sampling), with classifier-free
+    guidance folded into the target (MeanFlow paper: p_uncond 0.1)."""
+
+    name: ClassVar[str] = "meanflow"
     cfg_w: float = 1.0              # guidance scale omega; 1 with kappa 0 is unguided training
     cfg_kappa: float = 0.0
     p_uncond: float = 0.0           # probability of replacing the condition by the learned null embedding
-    sample_steps: int = 1           # 1 = one network evaluation
 
     @property
     def guided(self) -> bool:
         return self.cfg_w != 1.0 or self.cfg_kappa != 0.0
 
     def __post_init__(self) -> None:
-        _check_prob("meanflow.ratio_r_eq_t", self.ratio_r_eq_t)
-        _check(self.time_std > 0, f"meanflow.time_std must be > 0, got {self.time_std}")
-        _check(self.adaptive_p >= 0, f"meanflow.adaptive_p must be >= 0, got {self.adaptive_p}")
-        _check(self.adaptive_c > 0, f"meanflow.adaptive_c must be > 0, got {self.adaptive_c}")
-        _check(self.error_reduction in ("sum", "mean"),
-               f"meanflow.error_reduction must be 'sum' or 'mean', got {self.error_reduction!r}")
+        super().__post_init__()
         _check(0.0 <= self.p_uncond < 1.0, f"meanflow.p_uncond must lie in [0, 1), got {self.p_uncond}")
         _check(not self.guided or self.p_uncond > 0,
                f"meanflow guidance (cfg_w={self.cfg_w}, cfg_kappa={self.cfg_kappa}) needs a trained null condition: "
                "set p_uncond > 0 (MeanFlow paper: 0.1), or cfg_w=1 and cfg_kappa=0 for no guidance")
-        _check(self.sample_steps >= 1, f"meanflow.sample_steps must be >= 1, got {self.sample_steps}")
 
 
 @dataclass
-class SplitMeanFlowConfig:
+class SplitMeanFlowConfig(AverageVelocityConfig):
     """SplitMeanFlow: the same u(z, r, t) as MeanFlow, learnt from interval splitting, without a JVP."""
 
     name: ClassVar[str] = "splitmeanflow"
-    ratio_r_eq_t: float = 0.5       # fraction with r = t: boundary condition u(z, t, t) = v
-    time_mean: float = -0.4
-    time_std: float = 1.0
-    adaptive_p: float = 0.5
-    adaptive_c: float = 1e-3
-    error_reduction: str = "sum"
-    sample_steps: int = 1
-
-    def __post_init__(self) -> None:
-        _check_prob("splitmeanflow.ratio_r_eq_t", self.ratio_r_eq_t)
-        _check(self.time_std > 0, f"splitmeanflow.time_std must be > 0, got {self.time_std}")
-        _check(self.adaptive_p >= 0, f"splitmeanflow.adaptive_p must be >= 0, got {self.adaptive_p}")
-        _check(self.adaptive_c > 0, f"splitmeanflow.adaptive_c must be > 0, got {self.adaptive_c}")
-        _check(self.error_reduction in ("sum", "mean"),
-               f"splitmeanflow.error_reduction must be 'sum' or 'mean', got {self.error_reduction!r}")
-        _check(self.sample_steps >= 1, f"splitmeanflow.sample_steps must be >= 1, got {self.sample_steps}")
 
 
 @dataclass

@@ -58,6 +58,12 @@ def adaptive_l2_loss(err: torch.Tensor, p: float, c: float, reduction: str = "su
     return (adaptive_weight(sq, p, c) * sq).mean(), sq
 
 
+def sample_times(cfg, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r), each (B,) in x's dtype, for an average-velocity head's config (logit-normal, a fraction r = t)."""
+    t, r = sample_logit_normal_pair(x.shape[0], cfg.time_mean, cfg.time_std, cfg.ratio_r_eq_t, x.device)
+    return t.to(x.dtype), r.to(x.dtype)
+
+
 def sample_logit_normal_pair(batch: int, mean: float, std: float, ratio_r_eq_t: float, device: torch.device | str,
                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r), each (B,): two logit-normal draws sorted so t >= r; then a random int(ratio * B) of the batch

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import MeanFlowConfig
-from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_logit_normal_pair
+from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
 
 
 def guided_velocity(v: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor, w: float, kappa: float,
@@ -85,8 +85,7 @@ class MeanFlowHead(Head):
              return_features: bool = False) -> HeadLoss:
         cfg = self.cfg
         B = x.shape[0]
-        t, r = sample_logit_normal_pair(B, cfg.time_mean, cfg.time_std, cfg.ratio_r_eq_t, x.device)
-        t, r = t.to(x.dtype), r.to(x.dtype)
+        t, r = sample_times(cfg, x)
         e = torch.randn_like(x)
         dropped = (torch.rand(B, device=x.device) < cfg.p_uncond) if cfg.p_uncond > 0 else None  # (B,) bool
         u, u_tgt, _, dudt, features = self.targets(net, x, e, t, r, cond, dropped)

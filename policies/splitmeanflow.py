@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import SplitMeanFlowConfig
-from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_logit_normal_pair
+from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
 
 
 class SplitMeanFlowHead(Head):
@@ -28,8 +28,7 @@ class SplitMeanFlowHead(Head):
              return_features: bool = False) -> HeadLoss:
         cfg = self.cfg
         B = x.shape[0]
-        t, r = sample_logit_normal_pair(B, cfg.time_mean, cfg.time_std, cfg.ratio_r_eq_t, x.device)
-        t, r = t.to(x.dtype), r.to(x.dtype)
+        t, r = sample_times(cfg, x)
         lam = torch.rand(B, device=x.device, dtype=x.dtype)
         s = t - lam * (t - r)
         e = torch.randn_like(x)
