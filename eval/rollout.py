@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from mfp.policies.base import obs_to_torch
+
 
 class PolicyRunner:
     def __init__(self, policy, device: str | torch.device = "cpu"):
@@ -31,11 +33,6 @@ class PolicyRunner:
         self._queue.clear()
         self.policy.reset()
 
-    def _obs_batch(self) -> dict[str, torch.Tensor]:
-        keys = ("point_cloud", "agent_pos")
-        return {k: torch.as_tensor(np.stack([o[k] for o in self._history]), dtype=torch.float32,
-                                   device=self.device).unsqueeze(0) for k in keys}
-
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The next action (d_act,) for the latest observation."""
@@ -44,7 +41,7 @@ class PolicyRunner:
         else:
             self._history.append(obs)
         if not self._queue:
-            batch = self._obs_batch()
+            batch = obs_to_torch(list(self._history), self.device)
             t0 = time.perf_counter()
             actions = self.policy.predict_action(batch)["action"][0]  # (n_action_steps, d_act)
             if self.device.type == "cuda":

@@ -63,4 +63,5 @@ class BasePolicy(nn.Module, abc.ABC):
 def obs_to_torch(obs_history: list[dict[str, np.ndarray]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """A list of n_obs_steps observation dicts (oldest first) -> {key: (1, n_obs_steps, ...)} tensors."""
     keys = ("point_cloud", "agent_pos")
-    return {k: torch.as_tensor(np.stack([o[k] for o in obs_history]), device=device).unsqueeze(0) for k in keys}
+    return {k: torch.as_tensor(np.stack([o[k] for o in obs_history]), dtype=torch.float32, device=device).unsqueeze(0)
+            for k in keys}

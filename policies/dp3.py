@@ -20,10 +20,9 @@ class DP3Head(Head):
     two_times = False
 
     def __init__(self, cfg: DP3Config):
-        super().__init__()
+        super().__init__(cfg)
         from diffusers import DDIMScheduler, DDPMScheduler  # imported here: diffusers is slow to import
 
-        self.cfg = cfg
         kw = dict(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
                   beta_schedule=cfg.beta_schedule, clip_sample=cfg.clip_sample, prediction_type=cfg.prediction_type)
         self.train_scheduler = DDPMScheduler(**kw)

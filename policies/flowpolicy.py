@@ -25,10 +25,7 @@ from .head import Head, HeadLoss, expand_time
 
 class FlowPolicyHead(Head):
     two_times = False
-
-    def __init__(self, cfg: FlowPolicyConfig):
-        super().__init__()
-        self.cfg = cfg
+    cfg: FlowPolicyConfig
 
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
              return_features: bool = False) -> HeadLoss:

@@ -47,10 +47,7 @@ def jvp_dudt(fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dz_dt: torch
 
 class MeanFlowHead(Head):
     two_times = True
-
-    def __init__(self, cfg: MeanFlowConfig):
-        super().__init__()
-        self.cfg = cfg
+    cfg: MeanFlowConfig
 
     def target(self, v_tilde: torch.Tensor, dudt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The regression target; a method so that an ablation (e.g. a test's wrong target) can override it."""

@@ -19,10 +19,7 @@ from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, exp
 
 class SplitMeanFlowHead(Head):
     two_times = True
-
-    def __init__(self, cfg: SplitMeanFlowConfig):
-        super().__init__()
-        self.cfg = cfg
+    cfg: SplitMeanFlowConfig
 
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
              return_features: bool = False) -> HeadLoss:

@@ -90,23 +90,23 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta["step"])
 
+    def _config(self, key: str, cls):
+        try:
+            return cls.from_dict(self.meta[key])
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{self.path}: its {key.replace('_', ' ')} is not valid for this code: {e}") from e
+
     @property
     def policy_config(self):
         from mfp.policies.config import PolicyConfig
 
-        try:
-            return PolicyConfig.from_dict(self.meta["policy_config"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointError(f"{self.path}: its policy config is not valid for this code: {e}") from e
+        return self._config("policy_config", PolicyConfig)
 
     @property
     def train_config(self):
         from .config import TrainConfig
 
-        try:
-            return TrainConfig.from_dict(self.meta["train_config"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointError(f"{self.path}: its train config is not valid for this code: {e}") from e
+        return self._config("train_config", TrainConfig)
 
 
 def resolve_checkpoint_path(path) -> Path:
