@@ -20,3 +20,16 @@ def eval_seeds(n_episodes: int, offset: int = 0) -> list[int]:
     if n_episodes < 0 or offset < 0:
         raise ValueError(f"eval_seeds: n_episodes and offset must be >= 0, got {n_episodes}, {offset}")
     return [EVAL_SEED_START + offset + i for i in range(n_episodes)]
+
+
+EVAL_SET_STRIDE = 10_000
+
+
+def eval_seed_set(index: int, n_episodes: int) -> list[int]:
+    """Evaluation seed set `index` (0, 1, ...): n seeds from EVAL_SEED_START + index * EVAL_SET_STRIDE. Sets are
+    disjoint, and set 0 is eval_seeds(n), the fixed episodes every evaluation starts with."""
+    if index < 0:
+        raise ValueError(f"evaluation seed sets are numbered from 0, got {index}")
+    if not 1 <= n_episodes <= EVAL_SET_STRIDE:
+        raise ValueError(f"an evaluation seed set holds 1..{EVAL_SET_STRIDE} episodes, got {n_episodes}")
+    return eval_seeds(n_episodes, index * EVAL_SET_STRIDE)

@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from . import commands_eval, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
+from . import commands_eval, commands_suite, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
 
 
 class CliError(Exception):
@@ -87,7 +87,8 @@ def _bench_collect_run(args) -> int:
 
 
 # Each entry adds one `mfp bench NAME` parser to the bench subparsers.
-BENCH_COMMANDS = [_bench_collect_parser, commands_train.bench_train_parser, commands_train.bench_latency_parser]
+BENCH_COMMANDS = [_bench_collect_parser, commands_train.bench_train_parser, commands_train.bench_latency_parser,
+                  commands_suite.bench_suite_parser, commands_suite.bench_report_parser]
 
 
 def _bench_parser(sub) -> None:

@@ -1,47 +1,99 @@
-"""`mfp eval`: roll a checkpoint out in its task on the fixed evaluation seeds and save the results."""
+"""`mfp eval`: roll a checkpoint (or the task's expert) out on fixed evaluation seeds and save the results.
+
+Outputs, by default beside the checkpoint: eval-<name>.json (summary + per-episode records + provenance) and a
+folder eval-<name>/ with videos of the first episodes and a picture of the point cloud the policy sees.
+"""
 
 from __future__ import annotations
 
 
 def eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint in simulation",
-                       description="Roll a checkpoint's EMA policy out in its task (read from the checkpoint) on the "
-                                   "fixed evaluation seeds (1000000 + offset + i, never a demonstration seed); print "
-                                   "the success rate and the inference latency, and save per-episode records as JSON.")
-    p.add_argument("--ckpt", required=True, help="checkpoint file or run folder (its last checkpoint)")
+    p = sub.add_parser("eval", help="evaluate a checkpoint (or the expert) in simulation",
+                       description="Roll a checkpoint's EMA policy out in its task (read from the checkpoint) on "
+                                   "fixed evaluation seed sets (set k: seeds 1000000 + 10000 k + i, never a "
+                                   "demonstration seed), in parallel worker processes; print success (mean +- std "
+                                   "over the seed sets) and the inference latency; save per-episode records as "
+                                   "JSON, videos of the first episodes and a picture of the observed point cloud.")
+    p.add_argument("--ckpt", default=None, help="checkpoint file or run folder (its last checkpoint)")
+    p.add_argument("--expert", action="store_true",
+                   help="evaluate the task's scripted/expert policy instead of a checkpoint (needs --task): the "
+                        "ceiling, from privileged simulator state")
     p.add_argument("--task", default=None, help="task to evaluate in (default: the checkpoint's own)")
-    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (default: 20)")
-    p.add_argument("--seed-offset", type=int, default=0, help="first evaluation seed is 1000000 + this (default: 0)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per evaluation seed set (default: 20)")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated evaluation seed sets, e.g. 0,1,2: success is reported as mean +- std over "
+                        "them (default: 0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes, each with its own environment and policy copy (default: CPU count)")
+    p.add_argument("--videos", type=int, default=2, help="episodes recorded as videos, 0 for none (default: 2)")
+    p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4", help="video format (default: mp4)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the training weights instead of the EMA weights")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out", default=None, help="results JSON (default: <run folder>/eval-<checkpoint name>.json)")
+    p.add_argument("--out", default=None, help="results JSON (default: <run folder>/eval-<checkpoint name>.json, "
+                                               "or runs/eval/<task>-expert.json with --expert)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_eval_run)
 
 
+def parse_seed_sets(text: str) -> list[int]:
+    try:
+        sets = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated seed-set numbers such as 0,1,2, got {text!r}") from None
+    if not sets or len(set(sets)) != len(sets) or min(sets) < 0:
+        raise ValueError(f"--seeds needs distinct seed-set numbers >= 0, got {text!r}")
+    return sets
+
+
 def _eval_run(args) -> int:
+    import os
     from pathlib import Path
 
     from mfp.demos.atomic import atomic_write_json
     from mfp.demos.provenance import provenance
-    from mfp.demos.seeds import eval_seeds
     from mfp.policies.training.checkpoint import load_policy, resolve_checkpoint_path
 
-    from .rollout import evaluate
+    from mfp.demos.seeds import eval_seed_set
+
+    from .evaluator import evaluate, resolve_task, save_observation_picture
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-    ckpt = resolve_checkpoint_path(args.ckpt)
-    policy = load_policy(ckpt, use_ema=not args.no_ema, device=args.device)
-    result = evaluate(policy, args.task, eval_seeds(args.episodes, args.seed_offset), device=args.device,
-                      progress=not args.no_progress)
-    result["checkpoint"] = {"path": str(ckpt), "step": policy.checkpoint_info["step"],
-                            "weights": policy.checkpoint_info["weights"],
-                            "head": policy.checkpoint_info["policy_config"].get("head")}
+    if args.expert == (args.ckpt is not None):
+        raise ValueError("give either --ckpt (a trained policy) or --expert with --task")
+    if args.expert and not args.task:
+        raise ValueError("--expert needs --task, e.g. --task metaworld/drawer-open")
+    seed_sets = parse_seed_sets(args.seeds)
+    workers = args.workers or os.cpu_count() or 1
+    policy, ckpt = None, None
+    if args.ckpt is not None:
+        ckpt = resolve_checkpoint_path(args.ckpt)
+        policy = load_policy(ckpt, use_ema=not args.no_ema, device=args.device)
+    task, point_cloud = resolve_task(policy, args.task, None)
+    if args.out:
+        out = Path(args.out)
+    elif ckpt is not None:
+        out = ckpt.parent / f"eval-{ckpt.stem}.json"
+    else:
+        out = Path("runs/eval") / f"{task.replace('/', '_')}-expert.json"
+    out_dir = out.with_suffix("")
+    result = evaluate(policy, task, {k: eval_seed_set(k, args.episodes) for k in seed_sets}, device=args.device,
+                      progress=not args.no_progress, point_cloud=point_cloud, workers=workers,
+                      video_dir=out_dir / "videos", n_videos=args.videos, video_format=args.video_format)
+    first_seed = result["episodes"][0]["seed"]
+    result["point_cloud_picture"] = str(save_observation_picture(task, point_cloud, first_seed,
+                                                                 out_dir / "point_cloud.png"))
+    if policy is not None:
+        info = policy.checkpoint_info
+        result["checkpoint"] = {"path": str(ckpt), "step": info["step"], "weights": info["weights"],
+                                "head": info["policy_config"].get("head")}
     result["provenance"] = provenance()
-    out = Path(args.out) if args.out else ckpt.parent / f"eval-{ckpt.stem}.json"
     atomic_write_json(out, result)
-    print(f"{result['task']}: success {result['success_rate']:.0%} over {result['n_episodes']} episodes "
-          f"(seeds {eval_seeds(1, args.seed_offset)[0]}..), inference p50 {result['inference_ms_p50']:.1f} ms, "
-          f"p99 {result['inference_ms_p99']:.1f} ms per call; results: {out}")
+    latency = ("" if result["inference_ms_p50"] is None else
+               f", inference p50 {result['inference_ms_p50']:.1f} ms, p99 {result['inference_ms_p99']:.1f} ms per call")
+    spread = f" +- {result['success_std']:.0%} over {len(seed_sets)} seed sets" if len(seed_sets) > 1 else ""
+    print(f"{task} ({result['actor']}): success {result['success_rate']:.0%}{spread} "
+          f"({result['n_episodes']} episodes){latency}")
+    print(f"results: {out}; videos: {', '.join(result.get('videos', [])) or 'none'}; "
+          f"point cloud: {result['point_cloud_picture']}")
     return 0

@@ -163,7 +163,7 @@ def simulation_eval_fn(data_path, episodes: int):
     from mfp.demos.seeds import eval_seeds
     from mfp.demos.store import DemoStore
 
-    from .rollout import evaluate
+    from .evaluator import evaluate
 
     if episodes < 1:
         raise ValueError(f"--eval-episodes must be >= 1 when evaluating during training, got {episodes}")

@@ -27,11 +27,14 @@ class PolicyRunner:
         self._history: collections.deque = collections.deque(maxlen=self.n_obs_steps)
         self._queue: collections.deque = collections.deque()
         self.inference_ms: list[float] = []
+        self._generator: torch.Generator | None = None
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode; `seed` fixes the policy's sampling noise for it (same actions in any process)."""
         self._history.clear()
         self._queue.clear()
         self.policy.reset()
+        self._generator = None if seed is None else torch.Generator(self.device).manual_seed(int(seed))
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -43,7 +46,7 @@ class PolicyRunner:
         if not self._queue:
             batch = obs_to_torch(list(self._history), self.device)
             t0 = time.perf_counter()
-            actions = self.policy.predict_action(batch)["action"][0]  # (n_action_steps, d_act)
+            actions = self.policy.predict_action(batch, generator=self._generator)["action"][0]  # (n_action_steps, d_act)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.inference_ms.append(1000 * (time.perf_counter() - t0))
@@ -59,6 +62,7 @@ class EpisodeRecord:
     episode_return: float
     first_success_step: int | None = None
     inference_ms: list[float] = field(default_factory=list)
+    video: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -69,7 +73,7 @@ class EpisodeRecord:
 
 def run_episode(env, runner: PolicyRunner, seed: int, frames: list | None = None) -> EpisodeRecord:
     """One episode from `seed` until the env truncates; `frames` collects RGB renders when given."""
-    runner.reset()
+    runner.reset(seed)
     obs, _ = env.reset(seed=seed)
     record = EpisodeRecord(seed=int(seed), success=False, steps=0, episode_return=0.0)
     n_calls = len(runner.inference_ms)
@@ -85,51 +89,3 @@ def run_episode(env, runner: PolicyRunner, seed: int, frames: list | None = None
         done = terminated or truncated
     record.inference_ms = runner.inference_ms[n_calls:]
     return record
-
-
-def policy_observation_settings(policy) -> dict:
-    """The task and point-cloud settings a checkpointed policy was trained with (from its dataset)."""
-    data = getattr(policy, "checkpoint_info", {}).get("data", {})
-    return {"task": data.get("task"), "point_cloud": data.get("point_cloud")}
-
-
-def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: bool = True,
-             point_cloud: dict | None = None) -> dict:
-    """Success over the given evaluation seeds, serially: {"success_rate", "episodes": [...], ...}.
-
-    The environment makes observations exactly as the policy's training data did (task, crop box, point
-    count from the checkpoint, or `point_cloud`: the dataset's settings); `task` may only be omitted for a
-    checkpointed policy.
-    """
-    from tqdm import tqdm
-
-    from mfp.envs import PointCloudConfig, make_env
-
-    settings = policy_observation_settings(policy)
-    if point_cloud is not None:
-        settings["point_cloud"] = point_cloud
-    task = task or settings["task"]
-    if task is None:
-        raise ValueError("evaluate: no task given and the policy's checkpoint names none")
-    if settings["task"] is not None and task != settings["task"]:
-        raise ValueError(f"evaluate: the policy was trained on {settings['task']}, not {task}")
-    pc = settings["point_cloud"]
-    env = make_env(task, pc_config=PointCloudConfig.from_dict(pc) if pc else None)
-    runner = PolicyRunner(policy, device)
-    records = []
-    try:
-        bar = tqdm(list(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
-        for seed in bar:
-            records.append(run_episode(env, runner, seed))
-            bar.set_postfix(success=f"{np.mean([r.success for r in records]):.0%}")
-    finally:
-        env.close()
-    latencies = [ms for r in records for ms in r.inference_ms]
-    return {
-        "task": task,
-        "n_episodes": len(records),
-        "success_rate": float(np.mean([r.success for r in records])) if records else float("nan"),
-        "inference_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
-        "inference_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
-        "episodes": [r.to_dict() for r in records],
-    }

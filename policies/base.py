@@ -40,8 +40,10 @@ class BasePolicy(nn.Module, abc.ABC):
         """Training loss on a raw batch (normalised inside) and scalars to log."""
 
     @abc.abstractmethod
-    def predict_action(self, obs_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Raw observations (B, n_obs_steps, ...) -> raw actions, see the module docstring."""
+    def predict_action(self, obs_dict: dict[str, torch.Tensor],
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Raw observations (B, n_obs_steps, ...) -> raw actions, see the module docstring; `generator` seeds
+        the sampling noise (reproducible actions)."""
 
     def set_normalizer(self, normalizer: MinMaxNormalizer) -> None:
         self.normalizer.load_state_dict(normalizer.state_dict())

@@ -23,7 +23,10 @@ echo "== 2/3 train a 1-step MeanFlow policy (small preset, $STEPS steps, bf16 au
 rm -rf "$RUN"
 $MFP train --data "$DATA" --head meanflow --preset small --steps "$STEPS" --amp bf16 --out "$RUN"
 
-echo "== 3/3 evaluate the EMA policy on $EVAL_EPISODES held-out episodes"
+echo "== 3/3 evaluate the EMA policy on $EVAL_EPISODES held-out episodes (parallel workers, 2 videos)"
 $MFP eval --ckpt "$RUN" --episodes "$EVAL_EPISODES"
 echo
-echo "Dataset: $DATA   checkpoint: $RUN/last.safetensors   results: $RUN/eval-last.json   logs: tensorboard --logdir $RUN/tb"
+echo "Dataset:    $DATA"
+echo "Checkpoint: $RUN/last.safetensors   (training logs: tensorboard --logdir $RUN/tb)"
+echo "Results:    $RUN/eval-last.json"
+echo "Videos:     $RUN/eval-last/videos/   point cloud the policy sees: $RUN/eval-last/point_cloud.png"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mfp.demos.seeds import EVAL_SEED_START
+from mfp.demos.seeds import eval_seed_set
 from mfp.demos.store import DemoStore
 from mfp.eval.cli import main
 from mfp.eval.rollout import PolicyRunner
@@ -32,9 +32,9 @@ class CountingPolicy(torch.nn.Module):
     def reset(self):
         pass
 
-    def predict_action(self, obs):
+    def predict_action(self, obs, generator=None):
         self.calls.append({k: v.clone() for k, v in obs.items()})
-        return self.inner.predict_action(obs)
+        return self.inner.predict_action(obs, generator=generator)
 
 
 def _obs(i):
@@ -67,20 +67,23 @@ def test_train_with_simulation_eval_then_mfp_eval(reach_demos, tmp_path):
                for h in history)
 
     out = tmp_path / "results.json"
-    assert main(["eval", "--ckpt", str(run), "--episodes", "2", "--seed-offset", "5", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert main(["eval", "--ckpt", str(run), "--episodes", "2", "--seeds", "1", "--workers", "1", "--videos", "1",
+                 "--out", str(out), "--no-progress"]) == 0
     result = json.loads(out.read_text())
     demo_seeds = set(DemoStore.open(reach_demos).attrs["attempted_seeds"])
     seeds = [e["seed"] for e in result["episodes"]]
-    assert seeds == [EVAL_SEED_START + 5, EVAL_SEED_START + 6] and not demo_seeds & set(seeds)
+    assert seeds == eval_seed_set(1, 2) and not demo_seeds & set(seeds)
     assert all(e["steps"] == 200 and e["inference_ms_mean"] > 0 for e in result["episodes"])
     assert result["checkpoint"]["step"] == 4 and result["checkpoint"]["weights"] == "ema"
     assert "versions" in result["provenance"]
+    assert result["success_by_seed_set"] == {"1": result["success_rate"]}
+    (video,) = result["videos"]
+    assert video.endswith("seed%d.mp4" % seeds[0]) and (tmp_path / "results" / "videos").is_dir()
+    assert (tmp_path / "results" / "point_cloud.png").stat().st_size > 1000
 
 
-def test_eval_refuses_another_task(reach_demos, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(reach_demos), "--out", str(run), "--preset", "tiny", "--steps", "1",
-                 "--batch-size", "4", "--val-every", "0", "--no-progress"]) == 0
-    assert main(["eval", "--ckpt", str(run), "--task", "metaworld/pick-place", "--episodes", "1"]) == 2
-    assert "trained on metaworld/reach" in capsys.readouterr().err
+def test_mfp_eval_refuses_bad_requests(capsys):
+    assert main(["eval", "--expert"]) == 2
+    assert "--expert needs --task" in capsys.readouterr().err
+    assert main(["eval", "--expert", "--task", "metaworld/reach", "--seeds", "0,0"]) == 2
+    assert "distinct" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""`mfp bench suite`: the benchmark suite (collect, train each head, evaluate, append to a results file, render the
+report) and `mfp bench report`: the report of a results file alone."""
+
+from __future__ import annotations
+
+from .commands_train import PRESETS, _csv
+from .suite import SUITE_HEADS
+
+DEFAULT_TASKS = ("adroit/door,adroit/hammer,adroit/pen,metaworld/button-press,metaworld/drawer-open,"
+                 "metaworld/hammer,metaworld/coffee-pull,metaworld/assembly,metaworld/stick-pull")
+
+
+def bench_suite_parser(bench) -> None:
+    b = bench.add_parser(
+        "suite", help="collect, train each head with one budget, evaluate, and tabulate, resumably",
+        description="For each task x head x seed: collect demonstrations once per task (into --data-dir), train "
+                    "the head for --steps optimiser steps, evaluate the final EMA checkpoint on the fixed "
+                    "evaluation episodes, and append the result to --results (JSON lines). Jobs already in the "
+                    "results file are skipped and interrupted training resumes, so a suite can be built up run by "
+                    "run. The expert is evaluated on the same episodes once per task (the ceiling). Afterwards the "
+                    "report (Markdown table + plot, published numbers beside ours) is written next to --results.")
+    b.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated tasks (default: {DEFAULT_TASKS})")
+    b.add_argument("--heads", default="meanflow,flowpolicy,dp3",
+                   help=f"comma-separated heads from {','.join(SUITE_HEADS)} (default: meanflow,flowpolicy,dp3)")
+    b.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default: 0,1)")
+    b.add_argument("--budget", "--steps", dest="steps", type=int, default=400,
+                   help="training budget: optimiser steps per run, the same for every head (default: 400)")
+    b.add_argument("--batch-size", type=int, default=64, help="samples per training step (default: 64)")
+    b.add_argument("--preset", choices=PRESETS, default="small", help="UNet preset (default: small)")
+    b.add_argument("--amp", choices=("none", "bf16"), default="bf16", help="training precision (default: bf16)")
+    b.add_argument("--demos", type=int, default=10, help="demonstrations per task (default: 10)")
+    b.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per run (default: 20)")
+    b.add_argument("--eval-workers", type=int, default=1, help="evaluation worker processes (default: 1)")
+    b.add_argument("--videos", type=int, default=1, help="episodes recorded as video per run (default: 1)")
+    b.add_argument("--no-expert", action="store_true",
+                   help="skip the expert's evaluation (e.g. in a second process sharing the results file)")
+    b.add_argument("--top5-every", type=int, default=0,
+                   help="also evaluate every this many training steps, for the papers' top-5 figure (labelled as "
+                        "such, never the headline; default: 0, off)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--data-dir", default="data/demos", help="where task datasets live (default: data/demos)")
+    b.add_argument("--runs-dir", default="runs/suite", help="where training runs go (default: runs/suite)")
+    b.add_argument("--results", default="runs/suite/results.jsonl",
+                   help="results file, appended to (default: runs/suite/results.jsonl)")
+    b.add_argument("--no-report", action="store_true", help="do not render the report afterwards")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(run=_bench_suite_run)
+
+
+def bench_report_parser(bench) -> None:
+    b = bench.add_parser(
+        "report", help="render the Markdown table and plot of a suite's results file",
+        description="Read one or more suite results files (JSON lines) and write <out>.md and <out>.png: per task "
+                    "and per difficulty group, success mean +- std over seeds per head and budget, the expert's "
+                    "success, inference latency, and the published numbers beside ours, labelled as such.")
+    b.add_argument("results", nargs="+", help="results files written by `mfp bench suite`")
+    b.add_argument("--out", default=None, help="output path without suffix (default: beside the first results file)")
+    b.add_argument("--title", default="Benchmark suite", help="title of the report")
+    b.set_defaults(run=_bench_report_run)
+
+
+def _bench_suite_run(args) -> int:
+    from .suite import SuiteConfig, run_suite
+
+    try:
+        seeds = tuple(int(s) for s in _csv(args.seeds))
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    cfg = SuiteConfig(tasks=_csv(args.tasks), heads=_csv(args.heads, SUITE_HEADS), seeds=seeds, steps=args.steps,
+                      batch_size=args.batch_size, preset=args.preset, amp=args.amp, demos=args.demos,
+                      eval_episodes=args.eval_episodes, eval_workers=args.eval_workers, videos=args.videos,
+                      expert=not args.no_expert, top5_every=args.top5_every, threads=args.threads,
+                      data_dir=args.data_dir, runs_dir=args.runs_dir, results=args.results)
+    report = run_suite(cfg, progress=not args.no_progress)
+    print(f"suite: {len(report.done)} jobs run, {len(report.skipped)} already in {cfg.results}")
+    if not args.no_report:
+        _render(cfg.results, None, "Benchmark suite")
+    return 0
+
+
+def _render(results, out, title) -> None:
+    from .suite_report import write_report
+
+    md, png = write_report(results if isinstance(results, (list, tuple)) else [results], out, title)
+    print(f"report: {md} and {png}")
+
+
+def _bench_report_run(args) -> int:
+    _render(args.results, args.out, args.title)
+    return 0
