@@ -70,6 +70,13 @@ class PointCloudEnv(gym.Env, abc.ABC):
     def full_state(self) -> np.ndarray:
         """The simulator's own full observation vector (privileged: objects, goals)."""
 
+    def hold_action(self, last_action: np.ndarray | None) -> np.ndarray:
+        """The action that keeps the robot where it is. Default: the last command again (absolute position
+        targets, as Adroit's), or zeros before any."""
+        if last_action is None:
+            return np.zeros(self.action_space.shape, np.float32)
+        return np.asarray(last_action, np.float32).copy()
+
     # --- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

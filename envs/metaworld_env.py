@@ -59,6 +59,13 @@ class MetaWorldEnv(PointCloudEnv):
         self._full_state = obs
         return reward, bool(info["success"]), {}
 
+    def hold_action(self, last_action: np.ndarray | None) -> np.ndarray:
+        """Meta-World actions are end-effector position deltas: hold = no motion, the gripper as last commanded."""
+        hold = np.zeros(self.action_space.shape, np.float32)
+        if last_action is not None:
+            hold[3] = last_action[3]
+        return hold
+
     def agent_pos(self) -> np.ndarray:
         return np.concatenate([
             self.sim.get_endeff_pos(),

@@ -148,10 +148,15 @@ def farthest_point_sample(points: np.ndarray, num_points: int, max_points_before
 def depth_to_point_cloud(depth: np.ndarray, camera: CameraModel, config: PointCloudConfig) -> np.ndarray:
     """The whole pipeline: depth (H, W) -> back-project -> crop -> FPS -> (num_points, 3) float32."""
     points = backproject(depth, camera.K, camera.cam_to_world)
+    return crop_and_sample(points, config, source=f"camera '{camera.name}'")
+
+
+def crop_and_sample(points: np.ndarray, config: PointCloudConfig, source: str = "the cloud") -> np.ndarray:
+    """World-frame points (M, 3) -> crop box -> FPS -> (num_points, 3) float32: the policy's point cloud."""
     inside = crop(points, config.crop_low, config.crop_high)
     if len(inside) == 0:
         raise ValueError(
-            f"point cloud: no point of camera '{camera.name}' lies inside the crop box "
-            f"low={config.crop_low} high={config.crop_high} (of {len(points)} back-projected points)"
+            f"point cloud: no point of {source} lies inside the crop box "
+            f"low={config.crop_low} high={config.crop_high} (of {len(points)} points)"
         )
     return farthest_point_sample(inside, config.num_points, config.max_points_before_fps)

@@ -15,24 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rollout import EpisodeRecord, PolicyRunner, run_episode
-
-
-class ExpertActor:
-    """The task's expert behind the actor interface (reset(seed), act(obs)): it reads the simulator's privileged
-    state, so it is the ceiling a point-cloud policy is measured against, never a policy itself."""
-
-    def __init__(self, task: str, env):
-        from mfp.demos.experts import make_expert
-
-        self.expert, self.env = make_expert(task), env
-        self.inference_ms: list[float] = []
-
-    def reset(self, seed: int | None = None) -> None:
-        pass
-
-    def act(self, obs) -> np.ndarray:
-        return self.expert.act(self.env.full_state())
+from .rollout import EpisodeRecord, ExpertActor, PolicyRunner, run_episode
 
 
 @dataclass(frozen=True)
@@ -55,7 +38,7 @@ class EvalSetup:
         return make_env(self.task, pc_config=pc, max_episode_steps=self.max_episode_steps)
 
     def make_actor(self, env):
-        return ExpertActor(self.task, env) if self.policy is None else PolicyRunner(self.policy, self.device)
+        return ExpertActor(self.task, env.full_state) if self.policy is None else PolicyRunner(self.policy, self.device)
 
 
 class EpisodeWorker:

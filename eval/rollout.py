@@ -24,6 +24,7 @@ class PolicyRunner:
         self.device = torch.device(device)
         cfg = policy.config
         self.n_obs_steps = int(cfg.n_obs_steps)
+        self.n_action_steps = int(cfg.n_action_steps)
         self._history: collections.deque = collections.deque(maxlen=self.n_obs_steps)
         self._queue: collections.deque = collections.deque()
         self.inference_ms: list[float] = []
@@ -36,22 +37,63 @@ class PolicyRunner:
         self.policy.reset()
         self._generator = None if seed is None else torch.Generator(self.device).manual_seed(int(seed))
 
-    @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The next action (d_act,) for the latest observation."""
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Add the latest observation to the history (the first one of an episode fills it)."""
         if not self._history:
             self._history.extend([obs] * self.n_obs_steps)
         else:
             self._history.append(obs)
+
+    @torch.no_grad()
+    def predict_chunk(self) -> np.ndarray:
+        """One network call on the history: the next n_action_steps actions (n_action_steps, d_act), timed."""
+        batch = obs_to_torch(list(self._history), self.device)
+        t0 = time.perf_counter()
+        actions = self.policy.predict_action(batch, generator=self._generator)["action"][0]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.inference_ms.append(1000 * (time.perf_counter() - t0))
+        return actions.float().cpu().numpy()
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The next action (d_act,) for the latest observation: from the queue, refilled by one network call."""
+        self.observe(obs)
         if not self._queue:
-            batch = obs_to_torch(list(self._history), self.device)
-            t0 = time.perf_counter()
-            actions = self.policy.predict_action(batch, generator=self._generator)["action"][0]  # (n_action_steps, d_act)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.inference_ms.append(1000 * (time.perf_counter() - t0))
-            self._queue.extend(actions.float().cpu().numpy())
+            self._queue.extend(self.predict_chunk())
         return self._queue.popleft()
+
+
+class ExpertActor:
+    """The task's expert behind the same actor interface (reset, observe, predict_chunk, act). It reads privileged
+    simulator state: obs["full_state"] when the observation carries it (a simulated robot can publish it for
+    tests), else `state_fn()`. It is the ceiling a point-cloud policy is measured against, never a policy."""
+
+    n_action_steps = 1
+
+    def __init__(self, task: str, state_fn=None):
+        from mfp.demos.experts import make_expert
+
+        self.expert, self.state_fn = make_expert(task), state_fn
+        self.inference_ms: list[float] = []
+        self._obs: dict | None = None
+
+    def reset(self, seed: int | None = None) -> None:
+        self._obs = None
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        self._obs = obs
+
+    def predict_chunk(self) -> np.ndarray:
+        state = self._obs.get("full_state") if self._obs is not None else None
+        if state is None:
+            if self.state_fn is None:
+                raise ValueError("the expert needs the simulator's full state: no 'full_state' in the observation")
+            state = self.state_fn()
+        return np.asarray(self.expert.act(np.asarray(state)), dtype=np.float32)[None]
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        self.observe(obs)
+        return self.predict_chunk()[0]
 
 
 @dataclass
