@@ -74,7 +74,8 @@ def _control_run(args) -> int:
             topics = dataclasses.replace(topics, full_state="/mfp/sim/full_state")
     cfg = ControlConfig(rate_hz=args.rate, blend=args.blend, warmup_calls=args.warmup)
     safety = SafetyConfig(action_low=args.action_low, action_high=args.action_high, max_delta=args.max_delta,
-                          max_obs_age_s=args.max_obs_age, stale_stop_s=args.stale_stop, max_steps=args.max_steps, max_time_s=args.max_time)
+                          max_obs_age_s=args.max_obs_age, stale_stop_s=args.stale_stop, max_steps=args.max_steps,
+                          max_time_s=args.max_time)
     reports = control(ckpt=args.ckpt, expert_task=args.task if args.expert else None, task=args.task,
                       robot=args.robot, episodes=args.episodes, seed=args.seed, control_cfg=cfg, safety=safety,
                       record=args.record, picture=args.picture, topics=topics, device=args.device)
@@ -103,6 +104,7 @@ def ros_sim_parser(sub) -> None:
     p.add_argument("--ros-config", default=None, help="YAML of topic names (see eval/ros_topics.py)")
     p.add_argument("--publish-full-state", action="store_true",
                    help="also publish the privileged simulator state (for scripted experts in tests)")
+    p.add_argument("--max-steps", type=int, default=200, help="simulator steps in the episode (default: 200)")
     p.add_argument("--result", default=None, help="JSON summary written when the episode ends")
     p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default: 120)")
     p.set_defaults(run=_ros_sim_run)
@@ -118,6 +120,6 @@ def _ros_sim_run(args) -> int:
     if args.publish_full_state and topics.full_state is None:
         topics = dataclasses.replace(topics, full_state="/mfp/sim/full_state")
     summary = serve_sim(args.task, topics, rate_hz=args.rate, seed=args.seed, result_path=args.result,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, max_steps=args.max_steps)
     print(summary)
     return 0 if not summary["timed_out"] else 1

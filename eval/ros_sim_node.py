@@ -20,7 +20,7 @@ from .sim_robot import SimRobot
 
 def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1_000_000,
               point_cloud: dict | None = None, result_path=None, timeout_s: float = 120.0,
-              node_name: str = "mfp_sim_robot") -> dict:
+              max_steps: int = 200, node_name: str = "mfp_sim_robot") -> dict:
     rospy = import_rospy()
     from sensor_msgs.msg import JointState, PointCloud2, PointField
     from std_msgs.msg import Bool, Empty, Float64MultiArray
@@ -29,7 +29,7 @@ def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1
 
     init_node(node_name)
     robot = SimRobot(task, rate_hz=rate_hz, seed=seed, point_cloud=point_cloud,
-                     publish_full_state=topics.full_state is not None)
+                     publish_full_state=topics.full_state is not None, max_episode_steps=max_steps)
     pub_cloud = rospy.Publisher(topics.cloud, PointCloud2, queue_size=2)
     pub_state = rospy.Publisher(topics.state, JointState, queue_size=2)
     pub_full = rospy.Publisher(topics.full_state, Float64MultiArray, queue_size=2) if topics.full_state else None
@@ -78,7 +78,8 @@ def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1
                 pub_cloud.publish(cloud_msg(obs.point_cloud, obs.t_cloud))
             robot.wait_done(0.002)
         summary = {"task": task, "seed": seed, "success": bool(robot.success), "steps": robot.steps,
-                   "hold_steps": robot.hold_steps, "e_stopped": robot.stopped, "rejected": rejected,
+                   "hold_steps": robot.hold_steps,
+                   "trailing_holds": robot.trailing_holds, "e_stopped": robot.stopped, "rejected": rejected,
                    "timed_out": not robot.done}
     finally:
         for s in subs:

@@ -42,6 +42,7 @@ class SimRobot(Robot):
         self.done = False
         self.steps = 0
         self.hold_steps = 0           # robot ticks that applied the hold action
+        self.trailing_holds = 0       # hold steps since the last commanded action
         self.applied: list[np.ndarray] = []   # every action the simulator executed, holds included
         self.action_dim = 0
         self._description: dict = {}
@@ -144,9 +145,11 @@ class SimRobot(Robot):
                 if action is None:
                     action = env.hold_action(last)
                     self.hold_steps += 1
+                    self.trailing_holds += 1
                     last_step = self.clock() - (self.hold_after - 1) * period  # then one hold per period
                 else:
                     last_step = self.clock()
+                    self.trailing_holds = 0
                 last = action
                 obs, _, _, truncated, info = env.step(action)
                 self.applied.append(np.asarray(info["executed_action"]))
