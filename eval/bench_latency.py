@@ -51,7 +51,8 @@ def _nfe(policy) -> int:
     return int(cfg.head_cfg.sample_steps)
 
 
-def _build(head: str, preset: str, n_points: int, agent_dim: int, cloud: np.ndarray, device: str):
+def untrained_policy(head: str, preset: str, n_points: int, agent_dim: int, cloud: np.ndarray, device: str):
+    """A policy with random weights and a normaliser fitted to `cloud`: the compute of a trained one."""
     from mfp.demos.normalizer import MinMaxNormalizer
     from mfp.policies import PolicyConfig, build_policy
 
@@ -141,7 +142,7 @@ def bench_latency(heads=HEADS, presets=("small",), calls: int = 200, warmup: int
     try:
         for (device, variant, n_threads), preset, head in itertools.product(configs, presets, heads):
             torch.set_num_threads(n_threads)
-            policy = _build(head, preset, pc_config.num_points, agent_dim, cloud, device)
+            policy = untrained_policy(head, preset, pc_config.num_points, agent_dim, cloud, device)
             row = {"device": device, "variant": variant, "threads": n_threads, "preset": preset, "head": head,
                    "nfe": _nfe(policy), "params": sum(p.numel() for p in policy.parameters())}
             try:

@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from . import commands_eval, commands_suite, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
+from . import commands_bag, commands_control, commands_eval, commands_suite, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
 
 
 class CliError(Exception):
@@ -100,7 +100,9 @@ def _bench_parser(sub) -> None:
 
 
 # Each entry adds one `mfp COMMAND` parser.
-COMMANDS = [_collect_parser, _tasks_parser, commands_train.train_parser, commands_eval.eval_parser, _bench_parser]
+COMMANDS = [_collect_parser, _tasks_parser, commands_train.train_parser, commands_eval.eval_parser,
+            commands_control.control_parser, commands_control.ros_sim_parser, _bench_parser,
+            commands_bag.import_bag_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
