@@ -88,7 +88,8 @@ def _bench_collect_run(args) -> int:
 
 # Each entry adds one `mfp bench NAME` parser to the bench subparsers.
 BENCH_COMMANDS = [_bench_collect_parser, commands_train.bench_train_parser, commands_train.bench_latency_parser,
-                  commands_suite.bench_suite_parser, commands_suite.bench_report_parser]
+                  commands_suite.bench_suite_parser, commands_suite.bench_report_parser,
+                  commands_control.bench_control_parser]
 
 
 def _bench_parser(sub) -> None:

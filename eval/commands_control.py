@@ -123,3 +123,33 @@ def _ros_sim_run(args) -> int:
                         timeout_s=args.timeout, max_steps=args.max_steps)
     print(summary)
     return 0 if not summary["timed_out"] else 1
+
+
+def bench_control_parser(bench) -> None:
+    b = bench.add_parser(
+        "control", help="control-loop timing in process and through ROS, e-stop reaction, chunk blending",
+        description="Drive the real-time simulated robot with the small-preset MeanFlow policy at each rate: loop "
+                    "period error p50/p99, observation -> action latency, dropped actions; the same through ROS "
+                    "(a roscore and the simulated-robot node in other processes) with the transport delays ROS "
+                    "adds; e-stop to hold; and, given checkpoints, jerk and success with and without blending.")
+    b.add_argument("--rates", default="10,30", help="comma-separated loop rates in Hz (default: 10,30)")
+    b.add_argument("--steps", type=int, default=150, help="loop steps per timing run (default: 150)")
+    b.add_argument("--no-ros", action="store_true", help="skip the runs through ROS")
+    b.add_argument("--estop-trials", type=int, default=5, help="e-stop trials, 0 for none (default: 5)")
+    b.add_argument("--blend-ckpts", default="",
+                   help="comma-separated checkpoints for the blending comparison (default: none)")
+    b.add_argument("--blend-rate", type=float, default=20.0, help="loop rate of the blending episodes (default: 20)")
+    b.add_argument("--blend-episodes", type=int, default=10, help="episodes per checkpoint and mode (default: 10)")
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    b.add_argument("--out", default="runs/bench/control.json", help="JSON output (default: runs/bench/control.json)")
+    b.set_defaults(run=_bench_control_run)
+
+
+def _bench_control_run(args) -> int:
+    from .bench_control import bench_control
+    from .commands_train import _csv
+
+    bench_control(rates=tuple(float(r) for r in _csv(args.rates)), steps=args.steps, ros=not args.no_ros,
+                  estop_trials=args.estop_trials, blend_ckpts=_csv(args.blend_ckpts), blend_rate=args.blend_rate,
+                  blend_episodes=args.blend_episodes, threads=args.threads, out=args.out)
+    return 0

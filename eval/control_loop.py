@@ -123,7 +123,8 @@ class ControlReport:
     holds: int = 0                       # ticks on which the robot was told to hold
     dropped_actions: int = 0             # planned actions dropped because their slot had passed
     period_error_ms: list[float] = field(default_factory=list)    # tick start - its target time
-    latency_ms: list[float] = field(default_factory=list)         # observation time -> action sent
+    latency_ms: list[float] = field(default_factory=list)         # tick start (observation read) -> action sent
+    obs_age_ms: list[float] = field(default_factory=list)         # tick start - observation time
     inference_ms: list[float] = field(default_factory=list)
     events: list[SafetyEvent] = field(default_factory=list)
     success: bool | None = None
@@ -137,6 +138,7 @@ class ControlReport:
                 "period_error_ms_p50": pct(np.abs(self.period_error_ms), 50),
                 "period_error_ms_p99": pct(np.abs(self.period_error_ms), 99),
                 "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
+                "obs_age_ms_p50": pct(self.obs_age_ms, 50), "obs_age_ms_p99": pct(self.obs_age_ms, 99),
                 "inference_ms_p50": pct(self.inference_ms, 50), "inference_ms_p99": pct(self.inference_ms, 99),
                 "events": [e.to_dict() for e in self.events]}
 
@@ -260,7 +262,8 @@ class ControlLoop:
                 self._event(report, "clipped" if note.startswith("clipped") else "rate_limited", note)
             self.robot.send(safe, max(sent_at, scheduler.slot_time(slot)))
             report.steps += 1
-            report.latency_ms.append(1000 * (self.clock() - obs.t))
+            report.latency_ms.append(1000 * (self.clock() - now))
+            report.obs_age_ms.append(1000 * (now - obs.t))
             if self.recorder is not None:
                 self.recorder.step(obs, safe, t_chunk_obs=chunk_t_obs, t_sent=sent_at,
                                    t_exec=max(sent_at, scheduler.slot_time(slot)))

@@ -24,6 +24,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# ROS 1 from Debian's own packages (bookworm), for `mfp control --robot ros`, `mfp ros-sim` and the ROS tests.
+# Skip with MFP_NO_ROS=1: everything else works without it.
+ROS_PACKAGES=(ros-core python3-rospy python3-std-msgs python3-sensor-msgs python3-geometry-msgs python3-rosbag)
+if [ "${MFP_NO_ROS:-0}" != "1" ]; then
+    missing=()
+    for p in "${ROS_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "[setup] installing ROS 1 Debian packages: ${missing[*]}"
+        SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV with $($PYTHON --version)"
     "$PYTHON" -m venv "$VENV"
@@ -37,5 +53,11 @@ echo "[setup] installing Python packages into $VENV"
 # The CPU build of torch first: a looser requirement asked for first would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
+# rospy and the message packages live in Debian's dist-packages: appended after the venv's own site-packages
+# (a .pth line), so the venv's packages keep priority and nothing of Debian's shadows them.
+if [ -d /usr/lib/python3/dist-packages/rospy ]; then
+    SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "/usr/lib/python3/dist-packages" > "$SITE/zz_debian_ros.pth"
+fi
 touch "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, mujoco, metaworld; print("torch", torch.__version__, "mujoco", mujoco.__version__, "metaworld", metaworld.__version__ if hasattr(metaworld, "__version__") else "3.1.1")')"
