@@ -46,6 +46,8 @@ from mfp.envs.pointcloud import backproject
 
 from .bag_config import BagConfigError, BagImportConfig
 from .provenance import package_versions, provenance
+from .ros_msgs import (BLOCK_POINTS, RosMessageError, depth_from_image, get_field, intrinsics_from_camera_info,
+                       stamp_ns, vector_from, xyz_blocks_from_pointcloud2)
 from .store import DemoStore, DemoStoreError
 
 __all__ = ["BagConfigError", "BagImportConfig", "BagImportError", "ImportReport", "import_bag"]
@@ -60,9 +62,6 @@ ROLE_TYPES = {
     "state": ("sensor_msgs/JointState",),
     "action": ("std_msgs/Float64MultiArray", "std_msgs/Float32MultiArray", "sensor_msgs/JointState"),
 }
-DEPTH_ENCODINGS = {"16uc1": ("u2", 1e-3), "mono16": ("u2", 1e-3), "32fc1": ("f4", 1.0)}
-POINT_FIELD_TYPES = {7: "f4", 8: "f8"}  # sensor_msgs/PointField FLOAT32, FLOAT64
-BLOCK_POINTS = 1 << 18  # PointCloud2 points decoded and cropped at a time
 TIME_ALIGNMENT = ("action t uses the latest cloud and state stamped <= t (never a later sample), each at most "
                   "max_staleness_s older, else the frame is dropped; t = the action message's header stamp when it "
                   "has one, else the bag's log time (with time_source 'log': the log time of every message)")
@@ -241,151 +240,38 @@ def open_source(path) -> _Source:
                          f"first bytes {head[:12]!r}")
 
 
-# --- decoding messages (rosbags, mcap-ros2 and genpy objects differ in field names and array types) ----------------
-def _get(msg, *names):
-    for name in names:
-        if hasattr(msg, name):
-            return getattr(msg, name)
-    raise AttributeError(f"message has none of the fields {list(names)}")
-
-
-def _stamp_ns(msg) -> int | None:
-    """The header stamp in ns; None when the message has no header or an unset (zero) stamp."""
-    header = getattr(msg, "header", None)
-    if header is None:
-        return None
-    stamp = header.stamp
-    sec = int(_get(stamp, "sec", "secs"))
-    nsec = int(_get(stamp, "nanosec", "nsecs"))
-    ns = sec * 1_000_000_000 + nsec
-    return ns or None
-
-
-def _as_bytes(data) -> memoryview:
-    if isinstance(data, np.ndarray):
-        return memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return memoryview(data).cast("B")
-    return memoryview(bytes(data))
-
-
-class _Problem(Exception):
-    """A problem with one message; re-raised as BagImportError with the topic and message index."""
-
-
-def _vector(values, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise _Problem(f"{what} is not a list of numbers ({e})") from None
-    if not np.isfinite(arr).all():
-        raise _Problem(f"{what} holds non-finite values {arr.tolist()[:12]}")
-    return arr
-
-
+# --- decoding messages: mfp.demos.ros_msgs (rosbags, mcap and genpy objects differ in field names and arrays) ------
 def _joint_positions(msg, joints: tuple[str, ...] | None, key: str) -> np.ndarray:
-    positions = _vector(_get(msg, "position"), "position")
+    positions = vector_from(get_field(msg, "position"), what="position")
     if joints is None:
         return positions
-    names = list(_get(msg, "name"))
+    names = list(get_field(msg, "name"))
     if len(names) != len(positions):
-        raise _Problem(f"has {len(names)} joint names but {len(positions)} positions")
+        raise RosMessageError(f"has {len(names)} joint names but {len(positions)} positions")
     index = {n: i for i, n in enumerate(names)}
     missing = [j for j in joints if j not in index]
     if missing:
-        raise _Problem(f"joints {missing} (config key '{key}') are not in the message, which names {names}")
+        raise RosMessageError(f"joints {missing} (config key '{key}') are not in the message, which names {names}")
     return positions[[index[j] for j in joints]]
 
 
 def _multiarray(msg) -> np.ndarray:
-    data = _vector(_get(msg, "data"), "data")
+    data = vector_from(get_field(msg, "data"), what="data")
     offset = int(getattr(getattr(msg, "layout", None), "data_offset", 0) or 0)
     return data[offset:]
 
 
-def _intrinsics(msg) -> dict:
-    K = _vector(_get(msg, "k", "K"), "K")
-    if K.shape != (9,):
-        raise _Problem(f"K has {K.size} values, expected 9 (row-major 3x3)")
-    K = K.reshape(3, 3)
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
-        raise _Problem(f"K has non-positive focal lengths fx={K[0, 0]}, fy={K[1, 1]} (an uncalibrated camera?)")
-    width, height = int(_get(msg, "width")), int(_get(msg, "height"))
-    if width < 1 or height < 1:
-        raise _Problem(f"image size {width}x{height} is empty")
-    return {"K": K.tolist(), "width": width, "height": height,
-            "D": np.asarray(_get(msg, "d", "D"), dtype=float).reshape(-1).tolist(),
-            "distortion_model": str(_get(msg, "distortion_model")),
-            "frame_id": str(msg.header.frame_id)}
-
-
-def _depth_metres(msg, intrinsics: dict) -> np.ndarray:
-    """A depth Image (16UC1 / mono16 in mm, 32FC1 in m) -> (H, W) float32 metres; 0 = no reading."""
-    encoding = str(_get(msg, "encoding"))
-    if encoding.lower() not in DEPTH_ENCODINGS:
-        raise _Problem(f"depth encoding '{encoding}' is not supported: expected 16UC1 (millimetres) or "
-                       f"32FC1 (metres)")
-    code, scale = DEPTH_ENCODINGS[encoding.lower()]
-    dtype = np.dtype((">" if _get(msg, "is_bigendian") else "<") + code)
-    h, w, step = int(_get(msg, "height")), int(_get(msg, "width")), int(_get(msg, "step"))
-    if (w, h) != (intrinsics["width"], intrinsics["height"]):
-        raise _Problem(f"image is {w}x{h} but the camera_info is {intrinsics['width']}x{intrinsics['height']}")
-    data = _as_bytes(_get(msg, "data"))
-    if step < w * dtype.itemsize:
-        raise _Problem(f"step {step} is smaller than width x {dtype.itemsize} bytes = {w * dtype.itemsize}")
-    if len(data) != step * h:
-        raise _Problem(f"data holds {len(data)} bytes, expected step x height = {step} x {h} = {step * h}")
-    image = np.ndarray((h, w), dtype=dtype, buffer=data, strides=(step, dtype.itemsize))
-    depth = image.astype(np.float32)
-    if scale != 1.0:
-        depth *= np.float32(scale)
-    return depth
-
-
 def _cloud_blocks(msg) -> Iterator[np.ndarray]:
-    """A PointCloud2's xyz as float32 (M, 3) blocks of at most about BLOCK_POINTS points (no full copy)."""
-    fields = {str(f.name): f for f in _get(msg, "fields")}
-    missing = [n for n in "xyz" if n not in fields]
-    if missing:
-        raise _Problem(f"has no field(s) {missing} (fields: {list(fields)}); expected x, y, z")
-    h, w = int(_get(msg, "height")), int(_get(msg, "width"))
-    point_step, row_step = int(_get(msg, "point_step")), int(_get(msg, "row_step"))
-    order = ">" if _get(msg, "is_bigendian") else "<"
-    formats, offsets = [], []
-    for n in "xyz":
-        f = fields[n]
-        code = POINT_FIELD_TYPES.get(int(f.datatype))
-        if code is None:
-            raise _Problem(f"field '{n}' has datatype {int(f.datatype)}; expected 7 (FLOAT32) or 8 (FLOAT64)")
-        if int(f.offset) + np.dtype(code).itemsize > point_step:
-            raise _Problem(f"field '{n}' at offset {int(f.offset)} does not fit in point_step {point_step}")
-        formats.append(order + code)
-        offsets.append(int(f.offset))
-    data = _as_bytes(_get(msg, "data"))
-    if h < 1 or w < 1:
-        raise _Problem(f"is empty ({w}x{h} points)")
-    if row_step < w * point_step:
-        raise _Problem(f"row_step {row_step} is smaller than width x point_step = {w} x {point_step}")
-    if len(data) != row_step * h:
-        raise _Problem(f"data holds {len(data)} bytes, expected row_step x height = {row_step} x {h} = {row_step * h}")
-    dtype = np.dtype({"names": list("xyz"), "formats": formats, "offsets": offsets, "itemsize": point_step})
-    cloud = np.ndarray((h, w), dtype=dtype, buffer=data, strides=(row_step, point_step))
-    rows = max(1, BLOCK_POINTS // w)
-    for r0 in range(0, h, rows):
-        for c0 in range(0, w, BLOCK_POINTS):
-            block = cloud[r0:r0 + rows, c0:c0 + BLOCK_POINTS]
-            xyz = np.empty(block.shape + (3,), dtype=np.float32)
-            for i, n in enumerate("xyz"):
-                xyz[..., i] = block[n]
-            yield xyz.reshape(-1, 3)
+    """A PointCloud2's finite xyz in float32 blocks of about this module's BLOCK_POINTS points."""
+    return xyz_blocks_from_pointcloud2(msg, BLOCK_POINTS)
 
 
-def _no_points_in_crop(config: BagImportConfig, n_points: int, low, high) -> _Problem:
+def _no_points_in_crop(config: BagImportConfig, n_points: int, low, high) -> RosMessageError:
     pc = config.point_cloud
     where = (f"its {n_points} finite points span {np.round(low, 3).tolist()} .. {np.round(high, 3).tolist()} "
              f"in the base frame" if n_points else "it has no finite point with positive depth")
-    return _Problem(f"no point lies inside the crop box low={list(pc.crop_low)} high={list(pc.crop_high)}: {where} "
-                    f"(check point_cloud.crop_low/crop_high and camera_to_base in {config.source})")
+    return RosMessageError(f"no point lies inside the crop box low={list(pc.crop_low)} high={list(pc.crop_high)}: "
+                           f"{where} (check point_cloud.crop_low/crop_high and camera_to_base in {config.source})")
 
 
 def _cloud_points(msg, config: BagImportConfig) -> np.ndarray:
@@ -395,10 +281,7 @@ def _cloud_points(msg, config: BagImportConfig) -> np.ndarray:
     pc = config.point_cloud
     kept, n_finite = [], 0
     low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    for xyz in _cloud_blocks(msg):
-        xyz = xyz[np.isfinite(xyz).all(axis=1)]
-        if not len(xyz):
-            continue
+    for xyz in _cloud_blocks(msg):  # finite points only
         base = xyz @ R.T + t
         n_finite += len(base)
         low, high = np.minimum(low, base.min(axis=0)), np.maximum(high, base.max(axis=0))
@@ -411,7 +294,10 @@ def _cloud_points(msg, config: BagImportConfig) -> np.ndarray:
 
 
 def _depth_points(msg, camera: CameraModel, config: BagImportConfig, intrinsics: dict) -> np.ndarray:
-    depth = _depth_metres(msg, intrinsics)
+    depth = depth_from_image(msg, max_pixels=None)  # the size is checked against the CameraInfo
+    if depth.shape != (intrinsics["height"], intrinsics["width"]):
+        raise RosMessageError(f"image is {depth.shape[1]}x{depth.shape[0]} but the camera_info is "
+                              f"{intrinsics['width']}x{intrinsics['height']}")
     try:
         return depth_to_point_cloud(depth, camera, config.point_cloud)
     except ValueError:
@@ -433,7 +319,7 @@ class _Series:
 
 def _message_time(msg, log_ns: int, config: BagImportConfig, series: _Series | None = None) -> int:
     if config.time_source == "header":
-        stamp = _stamp_ns(msg)
+        stamp = stamp_ns(msg)
         if stamp is not None:
             if series is not None:
                 series.header_stamps += 1
@@ -490,16 +376,17 @@ class _Importer:
                 bar.update(1)
                 try:
                     if topic == topics.camera_info:
-                        intrinsics = _intrinsics(msg)
+                        intrinsics = intrinsics_from_camera_info(msg)
                         if self.intrinsics is None:
                             self.intrinsics = intrinsics
                         elif intrinsics["K"] != self.intrinsics["K"] or (
                                 intrinsics["width"], intrinsics["height"]) != (
                                 self.intrinsics["width"], self.intrinsics["height"]):
-                            raise _Problem(f"the camera intrinsics changed (K {intrinsics['K']}, "
-                                           f"{intrinsics['width']}x{intrinsics['height']}; the first message had "
-                                           f"K {self.intrinsics['K']}, {self.intrinsics['width']}x"
-                                           f"{self.intrinsics['height']}): import each calibration separately")
+                            raise RosMessageError(
+                                f"the camera intrinsics changed (K {intrinsics['K']}, {intrinsics['width']}x"
+                                f"{intrinsics['height']}; the first message had K {self.intrinsics['K']}, "
+                                f"{self.intrinsics['width']}x{self.intrinsics['height']}): import each calibration "
+                                f"separately")
                         continue
                     if topic == topics.state:
                         series, value = self.state, _joint_positions(msg, cfg.state_joints, "state_joints")
@@ -510,13 +397,13 @@ class _Importer:
                     if series.values and value.shape != series.values[0].shape:
                         key = "state_joints" if series is self.state else "action_joints"
                         hint = f" (select joints with '{key}')" if action_is_joints or series is self.state else ""
-                        raise _Problem(f"has {value.size} values, the first message had {series.values[0].size}"
-                                       + hint)
+                        raise RosMessageError(f"has {value.size} values, the first message had "
+                                              f"{series.values[0].size}{hint}")
                     if value.size == 0:
-                        raise _Problem("has no values")
+                        raise RosMessageError("has no values")
                     series.times.append(_message_time(msg, log_ns, cfg, series))
                     series.values.append(value)
-                except (_Problem, AttributeError, TypeError) as e:
+                except (RosMessageError, AttributeError, TypeError) as e:
                     raise self.fail(topic, index, e) from None
         finally:
             bar.close()
@@ -553,7 +440,7 @@ class _Importer:
                     self.clouds[index] = _depth_points(msg, camera, cfg, self.intrinsics)
                 else:
                     self.clouds[index] = _cloud_points(msg, cfg)
-            except (_Problem, AttributeError, TypeError) as e:
+            except (RosMessageError, AttributeError, TypeError) as e:
                 raise self.fail(topic, index, e) from None
 
         bar = self._bar(self.source.topics[topic][1], f"import-bag: {topic}")
@@ -566,7 +453,7 @@ class _Importer:
                     t = _message_time(msg, log_ns, cfg)
                 except (AttributeError, TypeError) as e:
                     raise self.fail(topic, index, e) from None
-                self.cloud_header_stamps += int(cfg.time_source == "header" and _stamp_ns(msg) is not None)
+                self.cloud_header_stamps += int(cfg.time_source == "header" and stamp_ns(msg) is not None)
                 self.cloud_times.append(t)
                 if candidate is None or t >= candidate[1]:
                     if candidate is not None and needed(candidate[1], t):

@@ -10,6 +10,9 @@ of chunk blending (jerk of the commanded actions, task success).
   roscore); what ROS adds is the transport delay of the observation (cloud stamp -> arrival at the policy node)
   plus that of the action (publish -> arrival at the robot node), p50/p99.
 - E-stop: trigger at a random moment mid-episode; time until the robot is told to hold (in process).
+- Load: the in-process run again with the CPU saturated by busy processes (one per core): deadlines kept, or
+  holds and drops reported.
+- Soak: thousands of loop steps in one episode; resident memory at the start and the end.
 - Blending: given checkpoints, episodes with blend none vs ensemble at one rate: jerk (mean |third difference|
   of the commanded actions) and success.
 """
@@ -62,17 +65,47 @@ def _loop_figures(report) -> dict:
                               "inference_ms_p50", "inference_ms_p99")}
 
 
-def in_process(rate: float, steps: int) -> dict:
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def in_process(rate: float, steps: int, load_procs: int = 0, rss_every: int = 0) -> dict:
+    """The loop on the simulated robot; `load_procs` busy processes run meanwhile; RSS sampled every
+    `rss_every` steps (0: start and end only)."""
     from .sim_robot import SimRobot
 
     runner = _policy_runner()
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load_procs)]
     robot = SimRobot(TASK, rate_hz=rate, seed=1_000_000, stop_on_success=False, max_episode_steps=steps + 50)
+    rss = [_rss_mb()]
     try:
-        report = ControlLoop(runner, robot, ControlConfig(rate_hz=rate), SafetyConfig(max_steps=steps,
-                             max_time_s=steps / rate + 30)).run()
+        loop = ControlLoop(runner, robot, ControlConfig(rate_hz=rate), SafetyConfig(max_steps=steps,
+                           max_time_s=steps / rate + 30))
+        if rss_every:
+            sampler_stop = threading.Event()
+
+            def sample():
+                while not sampler_stop.wait(rss_every / rate):
+                    rss.append(_rss_mb())
+            threading.Thread(target=sample, daemon=True).start()
+        report = loop.run()
+        if rss_every:
+            sampler_stop.set()
     finally:
         robot.close()
-    return _loop_figures(report)
+        for h in hogs:
+            h.kill()
+            h.wait()
+    rss.append(_rss_mb())
+    out = _loop_figures(report)
+    out["stop_reason"] = report.stop_reason
+    if rss_every:
+        out.update(rss_mb_start=rss[0], rss_mb_after_warmup=rss[1] if len(rss) > 2 else rss[0],
+                   rss_mb_end=rss[-1], rss_mb_max=max(rss))
+    return out
 
 
 def estop_reaction(rate: float, trials: int) -> dict:
@@ -199,6 +232,11 @@ def format_table(result: dict) -> str:
                      f"{f(r.get('latency_ms_p99'))}          {f(r.get('inference_ms_p50'))}       "
                      f"{r.get('dropped_actions', 'n/a'):>5}  {r.get('holds', 'n/a'):>5}  "
                      f"{f(r.get('ros_added_ms_p50'))}{'  ' + r['skipped'] if 'skipped' in r else ''}")
+    for r in result["loop"]:
+        if "rss_mb_end" in r:
+            lines.append(f"soak {r['steps']} steps at {r['rate_hz']:.0f} Hz: RSS {r['rss_mb_start']:.1f} MB at start, "
+                         f"{r['rss_mb_after_warmup']:.1f} after warm-up, {r['rss_mb_end']:.1f} at the end "
+                         f"(max {r['rss_mb_max']:.1f})")
     e = result.get("estop")
     if e:
         lines.append(f"e-stop -> hold: p50 {e['estop_to_hold_ms_p50']:.2f} ms, max {e['estop_to_hold_ms_max']:.2f} ms "
@@ -211,7 +249,7 @@ def format_table(result: dict) -> str:
 
 def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_trials: int = 5,
                   blend_ckpts=(), blend_rate: float = 20.0, blend_episodes: int = 10, threads: int | None = 1,
-                  out=None) -> dict:
+                  load_procs: int | None = None, soak_steps: int = 0, out=None) -> dict:
     import torch
 
     from mfp.demos.provenance import provenance
@@ -223,6 +261,12 @@ def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_
         loop.append({"mode": "in-process", "rate_hz": rate, **in_process(rate, steps)})
         if ros:
             loop.append({"mode": "ROS", "rate_hz": rate, **through_ros(rate, steps)})
+    n_load = (os.cpu_count() or 1) if load_procs is None else load_procs
+    if n_load:
+        loop.append({"mode": f"loaded x{n_load}", "rate_hz": max(rates), **in_process(max(rates), steps, n_load)})
+    if soak_steps:
+        loop.append({"mode": "soak", "rate_hz": max(rates),
+                     **in_process(max(rates), soak_steps, rss_every=max(1, soak_steps // 20))})
     result = {"loop": loop, "estop": estop_reaction(max(rates), estop_trials) if estop_trials else None,
               "blending": blending(list(blend_ckpts), blend_rate, blend_episodes) if blend_ckpts else [],
               "steps_per_run": steps, "policy": "meanflow small preset (random weights), batch 1, CPU",

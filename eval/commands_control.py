@@ -140,6 +140,10 @@ def bench_control_parser(bench) -> None:
                    help="comma-separated checkpoints for the blending comparison (default: none)")
     b.add_argument("--blend-rate", type=float, default=20.0, help="loop rate of the blending episodes (default: 20)")
     b.add_argument("--blend-episodes", type=int, default=10, help="episodes per checkpoint and mode (default: 10)")
+    b.add_argument("--load-procs", type=int, default=None,
+                   help="busy processes for the run under load, 0 for none (default: one per core)")
+    b.add_argument("--soak-steps", type=int, default=0,
+                   help="also run one long episode of this many steps and report memory (default: 0, off)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     b.add_argument("--out", default="runs/bench/control.json", help="JSON output (default: runs/bench/control.json)")
     b.set_defaults(run=_bench_control_run)
@@ -151,5 +155,6 @@ def _bench_control_run(args) -> int:
 
     bench_control(rates=tuple(float(r) for r in _csv(args.rates)), steps=args.steps, ros=not args.no_ros,
                   estop_trials=args.estop_trials, blend_ckpts=_csv(args.blend_ckpts), blend_rate=args.blend_rate,
-                  blend_episodes=args.blend_episodes, threads=args.threads, out=args.out)
+                  blend_episodes=args.blend_episodes, threads=args.threads,
+                  load_procs=args.load_procs, soak_steps=args.soak_steps, out=args.out)
     return 0

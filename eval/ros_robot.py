@@ -16,8 +16,10 @@ import threading
 
 import numpy as np
 
+from mfp.demos.ros_msgs import (RosMessageError, depth_from_image, intrinsics_from_camera_info, vector_from,
+                                xyz_from_pointcloud2)
+
 from .robot import Robot, TimedObservation
-from .ros_convert import RosMessageError, depth_from_image, intrinsics_from_camera_info, vector_from, xyz_from_pointcloud2
 from .ros_topics import RosTopics
 
 log = logging.getLogger("mfp.ros")
@@ -99,7 +101,7 @@ class RosRobot(Robot):
             if self._cam_to_base is not None:
                 xyz = (xyz @ self._cam_to_base[:3, :3].T + self._cam_to_base[:3, 3]).astype(np.float32)
             cloud = crop_and_sample(xyz, self.pc_config, source=self.topics.cloud)
-        except (RosMessageError, ValueError) as e:
+        except ValueError as e:  # RosMessageError, or no point in the crop box
             return self._reject(self.topics.cloud, e)
         with self._lock:
             self._cloud = (cloud, msg.header.stamp.to_sec())
@@ -116,21 +118,22 @@ class RosRobot(Robot):
         try:
             if self._intrinsics is None:
                 raise RosMessageError("no CameraInfo received yet")
-            w, h, fx, fy, cx, cy = self._intrinsics
+            w, h = self._intrinsics["width"], self._intrinsics["height"]
             depth = depth_from_image(msg, what=f"Image on {self.topics.depth}")
             if depth.shape != (h, w):
                 raise RosMessageError(f"depth image is {depth.shape[1]}x{depth.shape[0]}, CameraInfo says {w}x{h}")
-            K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
-            camera = CameraModel(K=K, cam_to_world=self._cam_to_base, width=w, height=h, name=self.topics.depth)
+            camera = CameraModel(K=np.asarray(self._intrinsics["K"]), cam_to_world=self._cam_to_base, width=w,
+                                 height=h, name=self.topics.depth)
             cloud = depth_to_point_cloud(depth, camera, self.pc_config)
-        except (RosMessageError, ValueError) as e:
+        except ValueError as e:  # RosMessageError, or no point in the crop box
             return self._reject(self.topics.depth, e)
         with self._lock:
             self._cloud = (cloud, msg.header.stamp.to_sec())
 
     def _on_state(self, msg) -> None:
         try:
-            state = vector_from(msg.position, self.agent_dim, f"JointState on {self.topics.state}")
+            state = vector_from(msg.position, self.agent_dim, f"JointState on {self.topics.state}: position",
+                                np.float32)
         except RosMessageError as e:
             return self._reject(self.topics.state, e)
         with self._lock:

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from mfp.demos.ros_msgs import pointcloud2_fields_xyz, vector_from
+
 from .ros_robot import import_rospy, init_node
 from .ros_topics import RosTopics
 from .sim_robot import SimRobot
@@ -25,8 +27,6 @@ def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1
     from sensor_msgs.msg import JointState, PointCloud2, PointField
     from std_msgs.msg import Bool, Empty, Float64MultiArray
 
-    from .ros_convert import pointcloud2_fields_xyz, vector_from
-
     init_node(node_name)
     robot = SimRobot(task, rate_hz=rate_hz, seed=seed, point_cloud=point_cloud,
                      publish_full_state=topics.full_state is not None, max_episode_steps=max_steps)
@@ -35,9 +35,13 @@ def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1
     pub_full = rospy.Publisher(topics.full_state, Float64MultiArray, queue_size=2) if topics.full_state else None
     rejected = {"action": 0}
 
+    transport_ms: list[float] = []   # arrival here - the action's stamp (the time the policy node sent it)
+
     def on_action(msg) -> None:
+        transport_ms.append(1000 * (time.time() - msg.header.stamp.to_sec()))
         try:
-            action = vector_from(msg.position, robot.action_dim, f"JointState on {topics.action}")
+            action = vector_from(msg.position, robot.action_dim, f"JointState on {topics.action}: position",
+                                 np.float32)
         except ValueError as e:
             rejected["action"] += 1
             rospy.logwarn_throttle(5, f"sim robot: dropped an action: {e}")
@@ -80,7 +84,9 @@ def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1
         summary = {"task": task, "seed": seed, "success": bool(robot.success), "steps": robot.steps,
                    "hold_steps": robot.hold_steps,
                    "trailing_holds": robot.trailing_holds, "e_stopped": robot.stopped, "rejected": rejected,
-                   "timed_out": not robot.done}
+                   "timed_out": not robot.done,
+                   "action_transport_ms_p50": float(np.percentile(transport_ms, 50)) if transport_ms else None,
+                   "action_transport_ms_p99": float(np.percentile(transport_ms, 99)) if transport_ms else None}
     finally:
         for s in subs:
             s.unregister()
