@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from . import commands_bag, commands_control, commands_eval, commands_suite, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
+from . import commands_bag, commands_check, commands_control, commands_eval, commands_suite, commands_train  # noqa: E402  (parsers only: heavy imports happen in handlers)
 
 
 class CliError(Exception):
@@ -103,7 +103,7 @@ def _bench_parser(sub) -> None:
 # Each entry adds one `mfp COMMAND` parser.
 COMMANDS = [_collect_parser, _tasks_parser, commands_train.train_parser, commands_eval.eval_parser,
             commands_control.control_parser, commands_control.ros_sim_parser, _bench_parser,
-            commands_bag.import_bag_parser]
+            commands_bag.import_bag_parser, commands_check.check_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mfp: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except (CliError, ValueError, OSError, RuntimeError) as e:  # OSError: disk full, permissions, missing files
         if os.environ.get("MFP_DEBUG"):
             raise
         print(f"mfp {args.command}: error: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .robot import Robot, TimedObservation
 from .safety import ActionFilter, EStop, SafetyConfig, SafetyEvent
+from mfp.policies.config_checks import check_fields
 
 log = logging.getLogger("mfp.control")
 BLEND_MODES = ("none", "ensemble")
@@ -42,6 +43,7 @@ class ControlConfig:
     first_obs_timeout_s: float = 5.0    # wait this long for the first observation
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 1.0 <= self.rate_hz <= 1000.0:
             raise ValueError(f"ControlConfig.rate_hz must lie in [1, 1000], got {self.rate_hz}")
         if self.blend not in BLEND_MODES:

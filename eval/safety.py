@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from mfp.policies.config_checks import check_fields
 
 log = logging.getLogger("mfp.safety")
 
@@ -27,11 +28,12 @@ class SafetyConfig:
     max_time_s: float = 60.0              # wall time per episode
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.max_obs_age_s <= 0 or self.stale_stop_s <= 0 or self.max_steps < 1 or self.max_time_s <= 0:
             raise ValueError(f"SafetyConfig: max_obs_age_s, max_steps and max_time_s must be > 0, got {self}")
         lo, hi = np.asarray(self.action_low, float), np.asarray(self.action_high, float)
-        if np.any(lo >= hi):
-            raise ValueError(f"SafetyConfig: action_low must be below action_high, got {self.action_low}, "
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or np.any(lo >= hi):
+            raise ValueError(f"SafetyConfig: action_low must be finite and below action_high, got {self.action_low}, "
                              f"{self.action_high}")
         if self.max_delta is not None and np.any(np.asarray(self.max_delta, float) <= 0):
             raise ValueError(f"SafetyConfig: max_delta must be > 0, got {self.max_delta}")

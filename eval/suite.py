@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .published import task_group
 from .results_file import ResultsFile
+from mfp.policies.config_checks import check_fields
 
 SUITE_HEADS = ("meanflow", "flowpolicy", "dp3", "splitmeanflow")
 
@@ -42,6 +43,7 @@ class SuiteConfig:
     results: str = "runs/suite/results.jsonl"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         from mfp.envs import check_task_name
 
         self.tasks, self.heads = tuple(self.tasks), tuple(self.heads)

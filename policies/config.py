@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
+from .config_checks import check_fields
 
 HEAD_NAMES = ("meanflow", "flowpolicy", "dp3", "splitmeanflow")
 
@@ -45,6 +46,7 @@ class AverageVelocityConfig:
     sample_steps: int = 1           # 1 = one network evaluation
 
     def __post_init__(self) -> None:
+        check_fields(self)
         n = self.name
         _check_prob(f"{n}.ratio_r_eq_t", self.ratio_r_eq_t)
         _check(self.time_std > 0, f"{n}.time_std must be > 0, got {self.time_std}")
@@ -97,6 +99,7 @@ class FlowPolicyConfig:
     stop_grad_target: bool = True   # v_r without gradient (Consistency-FM); FlowPolicy's policy code: False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(self.alpha >= 0, f"flowpolicy.alpha must be >= 0, got {self.alpha}")
         _check(self.num_segments >= 1, f"flowpolicy.num_segments must be >= 1, got {self.num_segments}")
         _check(0 < self.delta < 1, f"flowpolicy.delta must lie in (0, 1), got {self.delta}")
@@ -118,6 +121,7 @@ class DP3Config:
     clip_sample: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(self.num_train_timesteps >= 1, f"dp3.num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
         _check(1 <= self.num_inference_steps <= self.num_train_timesteps,
                f"dp3.num_inference_steps must lie in [1, num_train_timesteps={self.num_train_timesteps}], "
@@ -149,6 +153,7 @@ class EncoderConfig:
     normalize_point_cloud: bool = True             # min-max normalise xyz with the policy's normaliser (as DP3)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         self.point_dims = tuple(int(d) for d in self.point_dims)
         self.state_dims = tuple(int(d) for d in self.state_dims)
         _check(len(self.point_dims) >= 1 and all(d > 0 for d in self.point_dims),
@@ -184,6 +189,7 @@ class UNetConfig:
     second_time: str = "r"              # two-time heads embed (t, r) or (t, t - r)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(self.preset in UNET_PRESETS, f"unet.preset must be one of {sorted(UNET_PRESETS)}, got {self.preset!r}")
         preset = UNET_PRESETS[self.preset]
         self.down_dims = tuple(int(d) for d in (self.down_dims if self.down_dims is not None else preset["down_dims"]))
@@ -213,6 +219,7 @@ class DispersiveConfig:
     hinge_margin: float = 1.0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         self.blocks = tuple(int(b) for b in self.blocks)
         _check(self.weight >= 0, f"dispersive.weight must be >= 0, got {self.weight}")
         _check(self.temperature > 0, f"dispersive.temperature must be > 0, got {self.temperature}")
@@ -239,6 +246,7 @@ class PolicyConfig:
     dispersive: DispersiveConfig = field(default_factory=DispersiveConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(self.head in HEAD_NAMES, f"head must be one of {HEAD_NAMES}, got {self.head!r}")
         head_cls = HEAD_CONFIGS[self.head]
         if self.head_cfg is None:

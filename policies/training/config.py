@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+from ..config_checks import check_fields
 
 AMP_MODES = ("none", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -58,6 +59,7 @@ class TrainConfig:
     reuse_cpu_memory: bool = True         # CPU: reuse freed activations from the heap (cpu_memory.py; same maths)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         self.betas = tuple(float(b) for b in self.betas)
         for name in ("steps", "batch_size"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
