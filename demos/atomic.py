@@ -2,30 +2,113 @@
 
 A reader (or a process restarted after a crash) sees either the old file or the new one, never half of one.
 Used for every JSON, checkpoint and result file the project writes.
+
+A write that fails (disk full, file size limit, quota, permissions) removes its temporary file, leaves the old
+target untouched and raises AtomicWriteError: an OSError (errno and filename kept) whose message names the file
+and says what went wrong in words. A process killed outright (kill -9, power loss) can leave its temporary file
+behind: `.<name>.<random>.partial` beside the target, never taken for the target; `remove_stale_temp_files`
+clears them for targets that have a single writer (checkpoints do this before each write).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+
+TEMP_SUFFIX = ".partial"
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "file too large (over the file size limit; no room for it)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error (a failing disk?)",
+}
+
+
+class AtomicWriteError(OSError):
+    """Writing a file failed; the previous file (if any) is unchanged and no temporary file is left."""
+
+    def __init__(self, path: Path, cause: OSError):
+        code = cause.errno
+        super().__init__(code, cause.strerror or str(cause), str(path))
+        name = errno.errorcode.get(code, f"errno {code}") if code is not None else type(cause).__name__
+        reason = _REASONS.get(code, cause.strerror or str(cause))
+        self.message = (f"cannot write {path}: {reason} ({name}); "
+                        + ("the previous file is unchanged" if path.exists() else "nothing was written")
+                        + " and no temporary file is left")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}."
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp = None
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                Path(tmp).unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(e, OSError) and not isinstance(e, AtomicWriteError):
+            raise AtomicWriteError(path, e) from e
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power loss
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the data itself is already synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder, targets: str) -> list[Path]:
+    """Remove the temporary files left in `folder` by writes killed before their rename, for the target file
+    names that match the regular expression `targets`; returns the files removed.
+
+    Only for targets with a single writer: another process's write in progress would lose its temporary file."""
+    pattern = re.compile(r"\.(?:" + targets + r")\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))  # tempfile.mkstemp's names
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def atomic_write_json(path, obj, indent: int = 2) -> Path:

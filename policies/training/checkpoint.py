@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from mfp.demos.atomic import atomic_write_bytes
+from mfp.demos.atomic import atomic_write_bytes, remove_stale_temp_files
 
 FORMAT = "mfp-checkpoint"
 FORMAT_VERSION = 1
 LAST_NAME = "last.safetensors"
+_CHECKPOINT_NAMES = r"last\.safetensors|step_\d+\.safetensors"   # file names the trainer writes (regex)
 
 
 class CheckpointError(ValueError):
@@ -46,7 +47,16 @@ def checkpoint_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 def write_checkpoint(paths: list[Path], data: bytes) -> None:
-    """Write the same checkpoint bytes to each path atomically (readers see the old file or the new, whole)."""
+    """Write the same checkpoint bytes to each path atomically (readers see the old file or the new, whole).
+
+    last.safetensors is written first, so it is never older than a periodic checkpoint on disk: a process killed
+    between the two writes resumes from the newest step it saved (the periodic file of that step is then missing).
+    Temporary files of checkpoints left in the folder by an earlier, killed write are removed first (a run
+    folder has one writer of checkpoints). A failed write (disk full, file size limit) raises AtomicWriteError,
+    an OSError naming the file; the previous checkpoint is then unchanged and no temporary file is left."""
+    paths = sorted((Path(p) for p in paths), key=lambda p: p.name != LAST_NAME)
+    for folder in dict.fromkeys(p.parent for p in paths):
+        remove_stale_temp_files(folder, _CHECKPOINT_NAMES)
     for path in paths:
         atomic_write_bytes(path, data)
 
@@ -166,7 +176,8 @@ def load_policy(ckpt_path, use_ema: bool = True, device: str | torch.device = "c
     try:
         policy.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{ckpt.path}: the weights do not fit the policy its config describes: {e}") from e
+        detail = " ".join(str(e).split())  # torch's message spans lines: one line for the CLI
+        raise CheckpointError(f"{ckpt.path}: the weights do not fit the policy its config describes: {detail}") from e
     if use_ema:
         if ckpt.has("ema/"):
             ema = ckpt.tensors("ema/")
