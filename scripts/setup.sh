@@ -35,8 +35,9 @@ if [ "${MFP_NO_ROS:-0}" != "1" ]; then
     if [ ${#missing[@]} -gt 0 ]; then
         echo "[setup] installing ROS 1 Debian packages: ${missing[*]}"
         SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+        # not fatal: without ROS only the ROS commands and tests are unavailable (the tests say so and skip)
+        { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" \
+            >/dev/null; } || echo "[setup] WARNING: could not install ROS 1 (${missing[*]}); continuing without it"
     fi
 fi
 

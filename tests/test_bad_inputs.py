@@ -3,8 +3,9 @@ pickle that would run code, odd task names and paths. Each must give a clear err
 (or an unsound `mfp check` report), one line, naming the file / key / field; never a traceback from deep inside
 zarr or torch, never silent acceptance.
 
-Counts per category (inputs tried / clear errors) are written as JSON to $MFP_RELIABILITY_OUT when it is set:
-    MFP_RELIABILITY_OUT=runs/reliability/bad_inputs.json .venv/bin/python -m pytest tests/test_bad_inputs.py
+Counts per category (inputs tried / clear errors) are written to $MFP_RELIABILITY_OUT/bad_inputs.json when the
+variable (a folder) is set:
+    MFP_RELIABILITY_OUT=runs/reliability .venv/bin/python -m pytest tests/test_bad_inputs.py
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _write_tally():
     yield
     out = os.environ.get("MFP_RELIABILITY_OUT")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        out = Path(out) / "bad_inputs.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         rows = {k: dict(v, unclear=v["tried"] - v["clear_error"]) for k, v in sorted(TALLY.items())}
         Path(out).write_text(json.dumps({"categories": rows, "source": "tests/test_bad_inputs.py",
                                          "clear_error": "the expected exception type (or an unsound `mfp check` "
