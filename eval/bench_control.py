@@ -19,6 +19,7 @@ of chunk blending (jerk of the commanded actions, task success).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -139,27 +140,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def through_ros(rate: float, steps: int) -> dict:
-    """The same loop with the robot behind ROS topics (roscore + the sim node in other processes)."""
-    if shutil.which("roscore") is None:
-        return {"skipped": "ROS 1 not installed (scripts/setup.sh installs it)"}
-    port, home = _free_port(), tempfile.mkdtemp(prefix="mfp-ros-")
-    env = {**os.environ, "ROS_MASTER_URI": f"http://127.0.0.1:{port}", "ROS_HOSTNAME": "127.0.0.1",
-           "ROS_HOME": home}
-    os.environ.update({k: env[k] for k in ("ROS_MASTER_URI", "ROS_HOSTNAME", "ROS_HOME")})
-    core = subprocess.Popen(["roscore", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    result = Path(home) / "sim.json"
-    sim = None
-    try:
+class RosMaster:
+    """A roscore on a free port for this process and its children (rospy binds a process to one master, so one
+    master serves every ROS run of a benchmark)."""
+
+    def __enter__(self):
+        port = _free_port()
+        self.home = tempfile.mkdtemp(prefix="mfp-ros-")
+        self.env = {**os.environ, "ROS_MASTER_URI": f"http://127.0.0.1:{port}", "ROS_HOSTNAME": "127.0.0.1",
+                    "ROS_HOME": self.home}
+        os.environ.update({k: self.env[k] for k in ("ROS_MASTER_URI", "ROS_HOSTNAME", "ROS_HOME")})
+        self.core = subprocess.Popen(["roscore", "-p", str(port)], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
-        while subprocess.run(["rosnode", "list"], env=env, capture_output=True).returncode != 0:
+        while subprocess.run(["rosnode", "list"], env=self.env, capture_output=True).returncode != 0:
             if time.monotonic() > deadline:
+                self.__exit__()
                 raise RuntimeError("roscore did not come up")
             time.sleep(0.3)
-        sim = subprocess.Popen([sys.executable, "-m", "mfp.eval.cli", "ros-sim", "--task", TASK, "--rate", str(rate),
-                                "--max-steps", str(steps + 50), "--result", str(result), "--timeout",
-                                str(steps / rate + 60)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.core.pid, 2)
+        self.core.wait(timeout=20)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def through_ros(master: RosMaster, rate: float, steps: int) -> dict:
+    """The same loop with the robot behind ROS topics (the sim node in another process)."""
+    result = Path(master.home) / f"sim-{rate:g}.json"
+    sim = subprocess.Popen([sys.executable, "-m", "mfp.eval.cli", "ros-sim", "--task", TASK, "--rate", str(rate),
+                            "--max-steps", str(steps + 50), "--result", str(result), "--timeout",
+                            str(steps / rate + 60)], env=master.env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
         from mfp.envs import default_pc_config
 
         from .ros_robot import RosRobot
@@ -183,11 +197,8 @@ def through_ros(rate: float, steps: int) -> dict:
             out["ros_added_ms_p50"] = out["cloud_transport_ms_p50"] + out["action_transport_ms_p50"]
         return out
     finally:
-        if sim is not None and sim.poll() is None:
+        if sim.poll() is None:
             sim.kill()
-        os.killpg(core.pid, 2)
-        core.wait(timeout=20)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def jerk(actions: np.ndarray) -> float:
@@ -257,10 +268,12 @@ def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_
     if threads:
         torch.set_num_threads(threads)
     loop = []
-    for rate in rates:
-        loop.append({"mode": "in-process", "rate_hz": rate, **in_process(rate, steps)})
-        if ros:
-            loop.append({"mode": "ROS", "rate_hz": rate, **through_ros(rate, steps)})
+    ros = ros and shutil.which("roscore") is not None
+    with (RosMaster() if ros else contextlib.nullcontext()) as master:
+        for rate in rates:
+            loop.append({"mode": "in-process", "rate_hz": rate, **in_process(rate, steps)})
+            if ros:
+                loop.append({"mode": "ROS", "rate_hz": rate, **through_ros(master, rate, steps)})
     n_load = (os.cpu_count() or 1) if load_procs is None else load_procs
     if n_load:
         loop.append({"mode": f"loaded x{n_load}", "rate_hz": max(rates), **in_process(max(rates), steps, n_load)})

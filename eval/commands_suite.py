@@ -6,7 +6,8 @@ from __future__ import annotations
 from .commands_train import PRESETS, _csv
 from .suite import SUITE_HEADS
 
-DEFAULT_TASKS = ("adroit/door,adroit/hammer,adroit/pen,metaworld/button-press,metaworld/drawer-open,"
+# Adroit door/hammer/pen and Meta-World tasks from every difficulty group: 2 easy, 2 medium, 1 hard, 1 very hard
+DEFAULT_TASKS = ("adroit/door,adroit/hammer,adroit/pen,metaworld/button-press,metaworld/door-open,"
                  "metaworld/hammer,metaworld/coffee-pull,metaworld/assembly,metaworld/stick-pull")
 
 
