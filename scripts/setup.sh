@@ -10,32 +10,30 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=.venv
 STAMP=$VENV/.installed
 
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+missing_packages() {  # the Debian packages among "$@" that are not installed
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+
 # Debian packages: EGL + Mesa for MuJoCo's headless rendering (MUJOCO_GL=egl), OSMesa as a fallback,
 # libusb for open3d. Installed only when one is missing (needs root).
-DEB_PACKAGES=(libegl1 libgl1 libgles2 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0)
-missing=()
-for p in "${DEB_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+missing=($(missing_packages libegl1 libgl1 libgles2 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0))
 if [ ${#missing[@]} -gt 0 ]; then
     echo "[setup] installing Debian packages: ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # ROS 1 from Debian's own packages (bookworm), for `mfp control --robot ros`, `mfp ros-sim` and the ROS tests.
-# Skip with MFP_NO_ROS=1: everything else works without it.
-ROS_PACKAGES=(ros-core python3-rospy python3-std-msgs python3-sensor-msgs python3-geometry-msgs python3-rosbag)
+# Skip with MFP_NO_ROS=1. Not fatal: without ROS only the ROS commands and tests are unavailable (they say so).
 if [ "${MFP_NO_ROS:-0}" != "1" ]; then
-    missing=()
-    for p in "${ROS_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
+    missing=($(missing_packages ros-core python3-rospy python3-std-msgs python3-sensor-msgs python3-geometry-msgs \
+                                python3-rosbag))
     if [ ${#missing[@]} -gt 0 ]; then
         echo "[setup] installing ROS 1 Debian packages: ${missing[*]}"
-        SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-        # not fatal: without ROS only the ROS commands and tests are unavailable (the tests say so and skip)
         { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" \
             >/dev/null; } || echo "[setup] WARNING: could not install ROS 1 (${missing[*]}); continuing without it"
     fi
