@@ -103,3 +103,39 @@ def test_estop_topic_stops_the_policy_and_the_robot(tmp_path, ros_env):
     summary = json.loads(result.read_text())
     assert summary["e_stopped"] and not summary["success"] and summary["trailing_holds"] >= 20
     assert DemoStore.open(tmp_path / "run.zarr").attrs["control_runs"][0]["stop_reason"] == "e_stop"
+
+
+def test_bag_recorded_with_rosbag_from_the_simulated_robot_imports_and_trains(tmp_path, ros_env):
+    from mfp.eval.cli import main
+
+    bag = tmp_path / "sim.bag"
+    recorder = subprocess.Popen(["rosbag", "record", "-O", str(bag), "/mfp/point_cloud", "/mfp/joint_states",
+                                 "/mfp/action"], env=ros_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    time.sleep(2.0)  # rosbag subscribes before the robot starts publishing
+    sim, result = _sim(tmp_path, ros_env, max_steps=60)
+    ctl = _control(tmp_path, ros_env)
+    _finish(sim)
+    _finish(ctl)
+    os.killpg(recorder.pid, signal.SIGINT)  # rosbag closes the bag cleanly on SIGINT ...
+    recorder.wait(timeout=30)
+    deadline = time.monotonic() + 30        # ... in its recorder process, which may outlive the wrapper
+    while not bag.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert bag.exists(), "rosbag wrote no bag"
+    config = tmp_path / "bag.yaml"
+    config.write_text("task: sim/drawer-open\n"
+                      "topics: {point_cloud: /mfp/point_cloud, state: /mfp/joint_states, action: /mfp/action}\n"
+                      "camera_to_base: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]\n"
+                      "point_cloud: {crop_low: [-0.6, 0.3, 0.005], crop_high: [0.6, 1.0, 0.8], num_points: 512}\n"
+                      "max_staleness_s: 0.2\n")
+    data = tmp_path / "from_bag.zarr"
+    assert main(["import-bag", str(bag), "--out", str(data), "--config", str(config), "--no-progress"]) == 0
+    store = DemoStore.open(data)
+    (report,) = json.loads((tmp_path / "run.json").read_text())
+    assert store.n_episodes == 1 and 0.8 * report["steps"] <= len(store.read("action")) <= report["steps"]
+    assert store.read("point_cloud").shape[1:] == (512, 3) and store.read("state").shape[1] == 9
+    run = tmp_path / "train"
+    assert main(["train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "2",
+                 "--batch-size", "4", "--val-every", "0", "--no-progress", "--threads", "1"]) == 0
+    assert (run / "last.safetensors").exists()
