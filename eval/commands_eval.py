@@ -51,9 +51,8 @@ def _eval_run(args) -> int:
 
     from mfp.demos.atomic import atomic_write_json
     from mfp.demos.provenance import provenance
-    from mfp.policies.training.checkpoint import load_policy, resolve_checkpoint_path
-
     from mfp.demos.seeds import eval_seed_set
+    from mfp.policies.training.checkpoint import load_policy, resolve_checkpoint_path
 
     from .evaluator import evaluate, resolve_task, save_observation_picture
 
