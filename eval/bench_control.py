@@ -36,13 +36,10 @@ import numpy as np
 
 from .bench_report import save_and_print
 from .control_loop import ControlConfig, ControlLoop
+from .rollout import percentile
 from .safety import EStop, SafetyConfig
 
 TASK = "metaworld/reach"
-
-
-def _pct(values, q):
-    return float(np.percentile(values, q)) if len(values) else None
 
 
 def _policy_runner(task: str = TASK):
@@ -130,7 +127,7 @@ def estop_reaction(rate: float, trials: int) -> dict:
         finally:
             robot.close()
         delays.append(1000 * (stopped_at["t"] - estop.t))
-    return {"trials": trials, "estop_to_hold_ms_p50": _pct(delays, 50), "estop_to_hold_ms_max": float(max(delays)),
+    return {"trials": trials, "estop_to_hold_ms_p50": percentile(delays, 50), "estop_to_hold_ms_max": float(max(delays)),
             "period_ms": 1000 / rate}
 
 
@@ -190,7 +187,7 @@ def through_ros(master: RosMaster, rate: float, steps: int) -> dict:
         sim.wait(timeout=steps / rate + 90)
         sim_summary = json.loads(result.read_text())
         out = _loop_figures(report)
-        out.update(cloud_transport_ms_p50=_pct(transport, 50), cloud_transport_ms_p99=_pct(transport, 99),
+        out.update(cloud_transport_ms_p50=percentile(transport, 50), cloud_transport_ms_p99=percentile(transport, 99),
                    action_transport_ms_p50=sim_summary.get("action_transport_ms_p50"),
                    action_transport_ms_p99=sim_summary.get("action_transport_ms_p99"))
         if out["cloud_transport_ms_p50"] is not None and out["action_transport_ms_p50"] is not None:

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .robot import Robot, TimedObservation
-from .safety import ActionFilter, EStop, SafetyConfig, SafetyEvent
 from mfp.policies.config_checks import check_fields
+
+from .robot import Robot, TimedObservation
+from .rollout import percentile
+from .safety import ActionFilter, EStop, SafetyConfig, SafetyEvent
 
 log = logging.getLogger("mfp.control")
 BLEND_MODES = ("none", "ensemble")
@@ -132,16 +134,13 @@ class ControlReport:
     success: bool | None = None
 
     def summary(self) -> dict:
-        def pct(values, q):
-            return float(np.percentile(values, q)) if len(values) else None
-
         return {"stop_reason": self.stop_reason, "steps": self.steps, "holds": self.holds,
                 "dropped_actions": self.dropped_actions, "success": self.success,
-                "period_error_ms_p50": pct(np.abs(self.period_error_ms), 50),
-                "period_error_ms_p99": pct(np.abs(self.period_error_ms), 99),
-                "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
-                "obs_age_ms_p50": pct(self.obs_age_ms, 50), "obs_age_ms_p99": pct(self.obs_age_ms, 99),
-                "inference_ms_p50": pct(self.inference_ms, 50), "inference_ms_p99": pct(self.inference_ms, 99),
+                "period_error_ms_p50": percentile(np.abs(self.period_error_ms), 50),
+                "period_error_ms_p99": percentile(np.abs(self.period_error_ms), 99),
+                "latency_ms_p50": percentile(self.latency_ms, 50), "latency_ms_p99": percentile(self.latency_ms, 99),
+                "obs_age_ms_p50": percentile(self.obs_age_ms, 50), "obs_age_ms_p99": percentile(self.obs_age_ms, 99),
+                "inference_ms_p50": percentile(self.inference_ms, 50), "inference_ms_p99": percentile(self.inference_ms, 99),
                 "events": [e.to_dict() for e in self.events]}
 
 
@@ -251,6 +250,8 @@ class ControlLoop:
                 already_late = 0
             sent_at = self.clock()
             action, slot, dropped = scheduler.due(sent_at)
+            # with ensembling, predictions for ticks already executed are the expected overlap of chunks made
+            # every tick, not planned actions that came too late
             dropped += already_late if self.cfg.blend == "none" else 0
             if dropped:
                 report.dropped_actions += dropped

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rollout import EpisodeRecord, ExpertActor, PolicyRunner, run_episode
+from .rollout import EpisodeRecord, ExpertActor, PolicyRunner, percentile, run_episode
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class EvalSetup:
         return make_env(self.task, pc_config=pc, max_episode_steps=self.max_episode_steps)
 
     def make_actor(self, env):
-        return ExpertActor(self.task, env.full_state) if self.policy is None else PolicyRunner(self.policy, self.device)
+        if self.policy is None:
+            return ExpertActor(self.task, env.full_state)
+        return PolicyRunner(self.policy, self.device)
 
 
 class EpisodeWorker:
@@ -99,8 +101,8 @@ def summarize(records: list[EpisodeRecord]) -> dict:
         "n_episodes": len(records),
         "success_rate": float(np.mean([r.success for r in records])) if records else float("nan"),
         "mean_return": float(np.mean([r.episode_return for r in records])) if records else float("nan"),
-        "inference_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
-        "inference_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "inference_ms_p50": percentile(latencies, 50),
+        "inference_ms_p99": percentile(latencies, 99),
     }
 
 

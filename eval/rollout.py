@@ -18,6 +18,11 @@ import torch
 from mfp.policies.base import obs_to_torch
 
 
+def percentile(values, q: float) -> float | None:
+    """The q-th percentile of `values`, or None when there are none (JSON-friendly)."""
+    return float(np.percentile(values, q)) if len(values) else None
+
+
 class PolicyRunner:
     def __init__(self, policy, device: str | torch.device = "cpu"):
         self.policy = policy.to(device).eval()

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
 from mfp.demos.ros_msgs import (RosMessageError, depth_from_image, intrinsics_from_camera_info, vector_from,
                                 xyz_from_pointcloud2)
+from mfp.envs.pointcloud import CameraModel, crop_and_sample, depth_to_point_cloud
 
 from .robot import Robot, TimedObservation
 from .ros_topics import RosTopics
@@ -87,10 +89,6 @@ class RosRobot(Robot):
             log.warning("ROS: dropped a message on %s: %s (further ones are counted)", topic, error)
 
     def _on_cloud(self, msg) -> None:
-        import time
-
-        from mfp.envs.pointcloud import crop_and_sample
-
         self.transport_ms.append(1000 * (time.time() - msg.header.stamp.to_sec()))
         try:
             frame = msg.header.frame_id.lstrip("/")
@@ -113,8 +111,6 @@ class RosRobot(Robot):
             self._reject(self.topics.camera_info, e)
 
     def _on_depth(self, msg) -> None:
-        from mfp.envs.pointcloud import CameraModel, depth_to_point_cloud
-
         try:
             if self._intrinsics is None:
                 raise RosMessageError("no CameraInfo received yet")

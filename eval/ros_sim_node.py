@@ -17,6 +17,7 @@ from mfp.demos.ros_msgs import pointcloud2_fields_xyz, vector_from
 
 from .ros_robot import import_rospy, init_node
 from .ros_topics import RosTopics
+from .rollout import percentile
 from .sim_robot import SimRobot
 
 
@@ -85,8 +86,8 @@ def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = 1
                    "hold_steps": robot.hold_steps,
                    "trailing_holds": robot.trailing_holds, "e_stopped": robot.stopped, "rejected": rejected,
                    "timed_out": not robot.done,
-                   "action_transport_ms_p50": float(np.percentile(transport_ms, 50)) if transport_ms else None,
-                   "action_transport_ms_p99": float(np.percentile(transport_ms, 99)) if transport_ms else None}
+                   "action_transport_ms_p50": percentile(transport_ms, 50),
+                   "action_transport_ms_p99": percentile(transport_ms, 99)}
     finally:
         for s in subs:
             s.unregister()

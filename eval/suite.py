@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mfp.policies.config_checks import check_fields
+
 from .published import task_group
 from .results_file import ResultsFile
-from mfp.policies.config_checks import check_fields
 
 SUITE_HEADS = ("meanflow", "flowpolicy", "dp3", "splitmeanflow")
 
@@ -62,6 +63,10 @@ class SuiteConfig:
             raise ValueError("suite top5_every and videos must be >= 0")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError(f"suite seeds must be distinct and >= 0, got {self.seeds}")
+
+    def expert_budget(self) -> dict:
+        """The expert's results depend only on the evaluation episodes."""
+        return {"eval_episodes": self.eval_episodes}
 
     def budget(self) -> dict:
         """What makes two results comparable: a job is done when a row with this budget exists."""
@@ -115,7 +120,7 @@ def expert_row(cfg: SuiteConfig, task: str, progress: bool) -> dict:
     result = evaluate(None, task, eval_seeds(cfg.eval_episodes), progress=progress, point_cloud=point_cloud,
                       workers=cfg.eval_workers)
     return {"kind": "expert", "task": task, "group": task_group(task), "head": None, "seed": None,
-            "budget": {"eval_episodes": cfg.eval_episodes}, "success_rate": result["success_rate"],
+            "budget": cfg.expert_budget(), "success_rate": result["success_rate"],
             "episodes": _compact(result["episodes"]), "eval_seconds": time.perf_counter() - t0,
             "provenance": provenance()}
 
@@ -200,10 +205,8 @@ def run_suite(cfg: SuiteConfig, progress: bool = True, log=print) -> SuiteProgre
     report = SuiteProgress()
     jobs = suite_jobs(cfg)
     for n, (task, head, seed) in enumerate(jobs, start=1):
-        if head is None:
-            key = ("expert", task, None, None, tuple(sorted({"eval_episodes": cfg.eval_episodes}.items())))
-        else:
-            key = ("policy", task, head, seed, tuple(sorted(cfg.budget().items())))
+        key = job_key({"kind": "expert" if head is None else "policy", "task": task, "head": head, "seed": seed,
+                       "budget": cfg.expert_budget() if head is None else cfg.budget()})
         name = f"{task} expert" if head is None else f"{task} {head} seed {seed}"
         if key in {job_key(r) for r in results.rows()}:
             report.skipped.append(name)

@@ -9,6 +9,7 @@ left to the class's own conversion.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -58,9 +59,14 @@ def _describe(hint) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def check_fields(obj) -> None:
     """Raise ValueError naming `Class.field` when a field's value does not fit its annotation."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         hint = hints.get(f.name)
         if hint is None or typing.get_origin(hint) is typing.ClassVar:
