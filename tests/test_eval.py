@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mfp.demos.seeds import eval_seed_set
+from mfp.demos.seeds import eval_seed_set, eval_seeds
 from mfp.demos.store import DemoStore
 from mfp.eval.cli import main
+from mfp.eval.commands_train import simulation_eval_fn
+from mfp.eval.evaluator import evaluate
 from mfp.eval.rollout import PolicyRunner
 from mfp.policies import PolicyConfig, build_policy
+from mfp.policies.training import load_policy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,8 +66,11 @@ def test_train_with_simulation_eval_then_mfp_eval(reach_demos, tmp_path):
                  "--no-progress"]) == 0
     history = json.loads((run / "eval.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
-    assert all(h["task"] == "metaworld/reach" and h["n_episodes"] == 1 and 0.0 <= h["success_rate"] <= 1.0
-               for h in history)
+    assert all(h["task"] == "metaworld/reach" and h["n_episodes"] == 1 for h in history)
+    # The hook rolled out the run's final EMA policy on the first evaluation seed: evaluating that checkpoint
+    # again on the same seed gives the outcome the hook recorded.
+    again = evaluate(load_policy(run), None, eval_seeds(1), progress=False)
+    assert history[-1]["success_rate"] == float(again["episodes"][0]["success"])
 
     out = tmp_path / "results.json"
     assert main(["eval", "--ckpt", str(run), "--episodes", "2", "--seeds", "1", "--workers", "1", "--videos", "1",
@@ -77,9 +83,48 @@ def test_train_with_simulation_eval_then_mfp_eval(reach_demos, tmp_path):
     assert result["checkpoint"]["step"] == 4 and result["checkpoint"]["weights"] == "ema"
     assert "versions" in result["provenance"]
     assert result["success_by_seed_set"] == {"1": result["success_rate"]}
+    assert result["success_rate"] == np.mean([e["success"] for e in result["episodes"]])
     (video,) = result["videos"]
     assert video.endswith("seed%d.mp4" % seeds[0]) and (tmp_path / "results" / "videos").is_dir()
     assert (tmp_path / "results" / "point_cloud.png").stat().st_size > 1000
+
+
+class ZeroActionPolicy(torch.nn.Module):
+    """A real tiny policy for the reach dataset whose actions are replaced by zeros: the arm never moves."""
+
+    def __init__(self, store_path):
+        super().__init__()
+        data = DemoStore.open(store_path).root["data"]
+        arrays = {"action": data["action"][:], "agent_pos": data["state"][:], "point_cloud": data["point_cloud"][:]}
+        self.config = PolicyConfig(head="meanflow", n_points=arrays["point_cloud"].shape[1],
+                                   agent_dim=arrays["agent_pos"].shape[1], action_dim=arrays["action"].shape[1],
+                                   unet={"preset": "tiny"})
+        self.inner = build_policy(self.config)
+        self.inner.normalizer.fit({**arrays, "point_cloud": arrays["point_cloud"].reshape(-1, 3)})
+        self.calls = 0
+
+    def reset(self):
+        pass
+
+    def predict_action(self, obs, generator=None):
+        self.calls += 1
+        out = self.inner.predict_action(obs, generator=generator)
+        return {k: torch.zeros_like(v) for k, v in out.items()}
+
+
+def test_training_eval_hook_scores_the_expert_and_a_still_arm(reach_demos):
+    """The hook training calls (the dataset's task, the evaluation seeds) gives the success it should: the
+    expert solves reach on every seed, an arm that never moves solves none (reach's goal is drawn at least
+    0.2 m from where the hand starts: goal y in [0.8, 0.9], hand y 0.6 in metaworld's sawyer_reach_v3.py), and the
+    rate is the fraction of successful episodes."""
+    eval_fn = simulation_eval_fn(reach_demos, 2)
+    expert = eval_fn(None, 0)                      # None: the task's expert through the same path
+    assert expert["task"] == "metaworld/reach" and expert["n_episodes"] == 2
+    assert expert["success_rate"] == 1.0
+    still = ZeroActionPolicy(reach_demos)
+    zero = eval_fn(still, 0)
+    assert zero["success_rate"] == 0.0
+    assert still.calls == 2 * -(-200 // still.config.n_action_steps)   # it really acted in both episodes
 
 
 def test_mfp_eval_refuses_bad_requests(capsys):
