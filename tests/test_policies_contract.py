@@ -71,8 +71,35 @@ def test_backward_gives_finite_gradients_reaching_encoder_and_backbone(head):
         assert any(n.startswith(prefix) and g.abs().sum() > 0 for n, g in grads.items()), prefix
     if policy.config.two_times:
         assert any(n.startswith("net.time_embed.r_embed") and g.abs().sum() > 0 for n, g in grads.items())
-    if head == "meanflow":   # condition dropout trains the null embedding
-        assert policy.net.null_cond.embedding.grad is not None
+
+
+def test_null_embedding_learns_only_from_dropped_conditions():
+    """MeanFlow's condition dropout trains the learned null embedding: its gradient is non-zero exactly on the steps
+    whose gradient-carrying pass replaced some sample's condition, and zero when none was dropped (the guidance
+    passes use it too, but without gradient)."""
+    policy = make_policy("meanflow")
+    batch = make_batch(policy.config)
+    masks = []
+
+    def record(module, inputs, output):
+        if torch.is_grad_enabled():                       # the pass the loss is differentiated through
+            masks.append(inputs[1])
+
+    policy.net.null_cond.register_forward_hook(record)
+    seen = set()
+    for seed in range(16):
+        torch.manual_seed(seed)
+        policy.zero_grad(set_to_none=True)
+        masks.clear()
+        loss, _ = policy.compute_loss(batch)
+        loss.backward()
+        (mask,) = masks
+        dropped = bool(mask is not None and mask.any())
+        grad = policy.net.null_cond.embedding.grad
+        grad_norm = 0.0 if grad is None else grad.abs().sum().item()
+        assert (grad_norm > 0) == dropped, (seed, mask, grad_norm)
+        seen.add(dropped)
+    assert seen == {True, False}                          # p_uncond 0.25, batch 4: both cases among the seeds
 
 
 def test_predict_action_shapes_and_execution_window(head):
@@ -84,6 +111,21 @@ def test_predict_action_shapes_and_execution_window(head):
     start = cfg.n_obs_steps - 1
     assert torch.equal(out["action"], out["action_pred"][:, start:start + cfg.n_action_steps])
     assert torch.isfinite(out["action_pred"]).all()
+
+
+def test_one_step_sampling_runs_the_backbone_the_expected_number_of_times(head):
+    """NFE counted, not read from the config: the backbone's forward calls during one predict_action with each
+    head's default sampler. The one-step heads call it once (MeanFlow's guidance is folded into training, so no
+    extra unconditional pass at inference); DP3's DDIM calls it once per denoising step."""
+    policy = make_policy(head)
+    cfg = policy.config
+    calls = []
+    policy.net.register_forward_pre_hook(lambda module, args: calls.append(1))
+    policy.predict_action(obs_window(make_batch(cfg), cfg.n_obs_steps), generator=torch.Generator().manual_seed(0))
+    if head == "dp3":
+        assert cfg.head_cfg.num_inference_steps > 1 and len(calls) == cfg.head_cfg.num_inference_steps
+    else:
+        assert len(calls) == 1
 
 
 def test_determinism_with_a_seed(head):
