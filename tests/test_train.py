@@ -210,10 +210,56 @@ def test_nonfinite_losses_are_skipped_then_stop_training(store_path, tmp_path, m
     assert ckpt.meta["nonfinite_streak"] == 1                  # step 4 was skipped
 
 
-def test_bf16_autocast_trains(store_path, tmp_path):
-    result = train(store_path, tiny("meanflow"), quick(steps=2, amp="bf16"), tmp_path / "run", progress=False)
+def _matmul_dtypes_during_training(store_path, run_dir, amp: str, monkeypatch) -> tuple[list, list]:
+    """Train guided MeanFlow for 2 steps with `amp`; every Linear / Conv1d output dtype seen, (inside the JVP?,
+    module class, dtype), and the dtypes of the JVP's results (u, du/dt)."""
+    import warnings
+
+    from mfp.policies import meanflow
+
+    seen, jvp_out, depth = [], [], [0]
+    original = meanflow.jvp_dudt
+
+    def counting_jvp(*args, **kwargs):
+        depth[0] += 1
+        try:
+            u, dudt, aux = original(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+        jvp_out.append((u.dtype, dudt.dtype))
+        return u, dudt, aux
+
+    def record(module, inputs, output):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+            seen.append((depth[0] > 0, type(module).__name__, output.dtype))
+
+    monkeypatch.setattr(meanflow, "jvp_dudt", counting_jvp)
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # bf16 on a CPU without native bf16 warns that it is slow
+            result = train(store_path, tiny("meanflow", head_cfg={"cfg_w": 1.5, "p_uncond": 0.25}),
+                           quick(steps=2, amp=amp), run_dir, progress=False)
+    finally:
+        handle.remove()
     assert result["nonfinite_steps"] == 0 and np.isfinite(result["train_loss"])
+    return seen, jvp_out
+
+
+def test_bf16_autocast_runs_the_networks_in_bf16_and_the_jvp_in_float32(store_path, tmp_path, monkeypatch):
+    seen, jvp_out = _matmul_dtypes_during_training(store_path, tmp_path / "run", "bf16", monkeypatch)
     assert read_checkpoint(tmp_path / "run").train_config.amp == "bf16"
+    outside = {(name, dtype) for in_jvp, name, dtype in seen if not in_jvp}
+    inside = {(name, dtype) for in_jvp, name, dtype in seen if in_jvp}
+    # Under the trainer's autocast the encoder's Linears and the UNet's convolutions (the guidance passes
+    # u(z, t, t | c) and u(z, t, t | null)) compute in bfloat16 ...
+    assert ("Linear", torch.bfloat16) in outside and ("SequenceConv1d", torch.bfloat16) in outside
+    # ... while the MeanFlow JVP (the gradient-carrying pass) runs every matmul in float32.
+    assert {dtype for _, dtype in inside} == {torch.float32} and ("SequenceConv1d", torch.float32) in inside
+    assert jvp_out and set(jvp_out) == {(torch.float32, torch.float32)}
+    # Without autocast nothing runs in bfloat16: the bf16 above is the autocast's doing.
+    seen32, _ = _matmul_dtypes_during_training(store_path, tmp_path / "run32", "none", monkeypatch)
+    assert {dtype for *_, dtype in seen32} == {torch.float32}
 
 
 def test_train_config_is_validated():
@@ -336,12 +382,25 @@ def test_bench_train_reports_ratios(tmp_path):
     assert set(saved["bf16_speedup"]) == {"meanflow", "flowpolicy", "splitmeanflow"}
 
 
-def test_bench_latency_reports_speedup(tmp_path):
-    from mfp.eval.bench_latency import bench_latency
+def test_bench_latency_reports_speedup(tmp_path, monkeypatch):
+    from mfp.eval import bench_latency as bench
 
-    res = bench_latency(heads=("meanflow", "dp3"), presets=("tiny",), calls=3, warmup=1, devices=("cpu",),
-                        out=tmp_path / "lat.json", verbose=False)
+    counted = {}                                  # head -> backbone forward calls the benchmark really made
+    original = bench.untrained_policy
+
+    def counting_policy(head, *args, **kwargs):
+        policy = original(head, *args, **kwargs)
+        counted[head] = 0
+        policy.net.register_forward_pre_hook(lambda module, inputs: counted.__setitem__(head, counted[head] + 1))
+        return policy
+
+    monkeypatch.setattr(bench, "untrained_policy", counting_policy)
+    res = bench.bench_latency(heads=("meanflow", "dp3"), presets=("tiny",), calls=3, warmup=1, devices=("cpu",),
+                              out=tmp_path / "lat.json", verbose=False)
     saved = json.loads((tmp_path / "lat.json").read_text())
     assert saved["settings"]["depth_shape"] == [128, 128] and saved["preprocess_ms"]["p50"] > 0
-    assert [r["nfe"] for r in saved["rows"]] == [1, 10] and all("error" not in r for r in saved["rows"])
+    assert all("error" not in r for r in saved["rows"])
+    # The NFE column is what the timed calls cost: backbone calls over the 1 + 3 calls of each row.
+    assert {r["head"]: r["nfe"] * (1 + 3) for r in saved["rows"]} == counted
+    assert [r["nfe"] for r in saved["rows"]] == [1, 10]          # one step vs DP3's 10 DDIM steps
     assert res["meanflow_speedup_over_dp3"][0]["policy_p50"] > 0
