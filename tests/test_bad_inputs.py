@@ -10,6 +10,7 @@ variable (a folder) is set:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -610,8 +611,10 @@ def test_datasets_at_odd_paths_round_trip_or_fail_clearly(tmp_path, name):
     expect_error(category, lambda: DemoStore.open(missing), DemoStoreError, str(missing), "no such dataset")
     try:
         store = DemoStore.create(path, attrs={"task": name})
-    except OSError as e:                          # a name this filesystem refuses (e.g. too long): an OS error
-        record(category, is_clear(str(e)))
+    except OSError as e:                          # the one name a POSIX filesystem refuses here: a too-long one
+        assert e.errno == errno.ENAMETOOLONG and len(os.fsencode(path.name)) > os.pathconf(tmp_path, "PC_NAME_MAX")
+        assert record(category, is_clear(str(e), str(path))), f"unclear error for {category}: {e}"
+        assert not path.exists()
         return
     store.add_episode(_episode(5, 0))
     back = DemoStore.open(path)
@@ -619,3 +622,21 @@ def test_datasets_at_odd_paths_round_trip_or_fail_clearly(tmp_path, name):
     record(category, True)                        # handled: a sound store at an odd path
     report = check_dataset(path)
     assert report.ok and report.lines()[0] == f"dataset {path}: OK"
+
+
+def test_a_dataset_name_longer_than_the_filesystem_allows_fails_clearly(tmp_path):
+    """A name one byte over the filesystem's NAME_MAX (multi-byte characters count as bytes): one line naming
+    the path, errno ENAMETOOLONG, and nothing left on disk."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    stem = "é" * ((limit - len(".zarr")) // 2) + "a" * ((limit - len(".zarr")) % 2 + 1)
+    path = tmp_path / f"{stem}.zarr"
+    assert len(os.fsencode(path.name)) == limit + 1
+    expect_error("names: odd dataset paths", lambda: DemoStore.create(path, attrs={"task": "x"}), OSError, str(path))
+    with pytest.raises(OSError) as e:
+        DemoStore.create(path)
+    assert e.value.errno == errno.ENAMETOOLONG
+    assert list(tmp_path.iterdir()) == []
+    ok = tmp_path / f"{stem[:-1]}.zarr"                      # one byte shorter: a sound store
+    assert len(os.fsencode(ok.name)) == limit
+    DemoStore.create(ok, attrs={"task": "x"}).add_episode(_episode(5, 0))
+    assert DemoStore.open(ok).verify() == []
