@@ -30,9 +30,34 @@ def _check_prob(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name} must lie in [0, 1], got {value}")
 
 
+PREDICTIONS = ("sample", "velocity")
+
+
+@dataclass
+class FlowOutputConfig:
+    """What the flow heads (MeanFlow, SplitMeanFlow, FlowPolicy) share about the backbone's output.
+
+    prediction "velocity": the backbone outputs the velocity itself (u or v). "sample": it outputs the clean chunk
+    x_hat, and the head derives the velocity it needs as (z_t - x_hat) / max(t, t_floor) (x-prediction, as in
+    pixel MeanFlow / JiT; the loss stays in velocity space), so a one-step action is x_hat(e, 0, 1) itself.
+    clip_sample: clamp sampled actions to the normalised range [-1, 1], as DP3's scheduler does."""
+
+    # Values that reproduce a checkpoint saved before these fields existed (see `PolicyConfig.from_saved`).
+    LEGACY: ClassVar[dict[str, Any]] = {"prediction": "velocity", "clip_sample": False}
+
+    prediction: str = "sample"
+    t_floor: float = 0.05           # "sample": the smallest t the derived velocity divides by
+    clip_sample: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.prediction in PREDICTIONS,
+               f"{self.name}.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        _check(0 < self.t_floor < 1, f"{self.name}.t_floor must lie in (0, 1), got {self.t_floor}")
+
+
 # --- head objectives ------------------------------------------------------------------------------------
 @dataclass
-class AverageVelocityConfig:
+class AverageVelocityConfig(FlowOutputConfig):
     """What MeanFlow and SplitMeanFlow share: they learn the same u(z, r, t). Defaults follow MP1 where it differs
     from the MeanFlow paper (paper: ratio_r_eq_t 0.75, adaptive_p 1.0)."""
 
@@ -47,6 +72,7 @@ class AverageVelocityConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        super().__post_init__()
         n = self.name
         _check_prob(f"{n}.ratio_r_eq_t", self.ratio_r_eq_t)
         _check(self.time_std > 0, f"{n}.time_std must be > 0, got {self.time_std}")
@@ -63,6 +89,9 @@ class MeanFlowConfig(AverageVelocityConfig):
     guidance folded into the target (MeanFlow paper: p_uncond 0.1)."""
 
     name: ClassVar[str] = "meanflow"
+    LEGACY: ClassVar[dict[str, Any]] = {**FlowOutputConfig.LEGACY, "jvp_tangent": "v"}
+
+    jvp_tangent: str = "v"          # dz/dt of the JVP (and the target's v): "v" = e - x; "model" = sg(u(z_t, t, t))
     cfg_w: float = 1.0              # guidance scale omega; 1 with kappa 0 is unguided training
     cfg_kappa: float = 0.0
     p_uncond: float = 0.0           # probability of replacing the condition by the learned null embedding
@@ -74,6 +103,10 @@ class MeanFlowConfig(AverageVelocityConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0.0 <= self.p_uncond < 1.0, f"meanflow.p_uncond must lie in [0, 1), got {self.p_uncond}")
+        _check(self.jvp_tangent in ("v", "model"), f"meanflow.jvp_tangent must be 'v' or 'model', got {self.jvp_tangent!r}")
+        _check(not (self.guided and self.jvp_tangent == "model"),
+               "meanflow.jvp_tangent='model' is for unguided training: with guidance the tangent is the guided "
+               "velocity v_tilde (set cfg_w=1, cfg_kappa=0, or jvp_tangent='v')")
         _check(not self.guided or self.p_uncond > 0,
                f"meanflow guidance (cfg_w={self.cfg_w}, cfg_kappa={self.cfg_kappa}) needs a trained null condition: "
                "set p_uncond > 0 (MeanFlow paper: 0.1), or cfg_w=1 and cfg_kappa=0 for no guidance")
@@ -87,7 +120,7 @@ class SplitMeanFlowConfig(AverageVelocityConfig):
 
 
 @dataclass
-class FlowPolicyConfig:
+class FlowPolicyConfig(FlowOutputConfig):
     """FlowPolicy's consistency flow matching (defaults are its released code's)."""
 
     name: ClassVar[str] = "flowpolicy"
@@ -100,6 +133,7 @@ class FlowPolicyConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        super().__post_init__()
         _check(self.alpha >= 0, f"flowpolicy.alpha must be >= 0, got {self.alpha}")
         _check(self.num_segments >= 1, f"flowpolicy.num_segments must be >= 1, got {self.num_segments}")
         _check(0 < self.delta < 1, f"flowpolicy.delta must lie in (0, 1), got {self.delta}")
@@ -308,6 +342,16 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PolicyConfig":
         return _from_dict(cls, data)   # head_cfg stays a dict here; __post_init__ builds the head's class
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "PolicyConfig":
+        """A config saved in a checkpoint. A head field added after the checkpoint was written takes the value
+        that reproduces how that checkpoint acted (the head config's LEGACY), not today's default."""
+        head_cls = HEAD_CONFIGS.get(data.get("head", "meanflow")) if isinstance(data, dict) else None
+        legacy = getattr(head_cls, "LEGACY", None)
+        if legacy and isinstance(data.get("head_cfg"), dict):
+            data = {**data, "head_cfg": {**legacy, **data["head_cfg"]}}
+        return cls.from_dict(data)
 
 
 def _to_jsonable(value: Any) -> Any:

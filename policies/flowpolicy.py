@@ -12,6 +12,8 @@ FlowPolicy's policy file lets gradients through both velocities (stop_grad_targe
 objective has a collapsed minimiser (one-step samples near the mean on the toy test).
 Sampling: Euler from t = 1 - eps with step 1 / sample_steps; one step is x = e - v(e, 1 - eps). With 2 segments,
 one step extrapolates across both: on a bimodal target that is biased (sample_steps = num_segments is not).
+`prediction` "sample": the backbone outputs x_hat and v = (z - x_hat) / t (head.DerivedVelocity); sampling then
+steps on a grid from 1 - eps to 0, so one step returns x_hat(e, 1 - eps). Samples are clamped to [-1, 1].
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import FlowPolicyConfig
-from .head import Head, HeadLoss, expand_time
+from .head import DerivedVelocity, Head, HeadLoss, expand_time
 
 
 class FlowPolicyHead(Head):
@@ -30,6 +32,7 @@ class FlowPolicyHead(Head):
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
              return_features: bool = False) -> HeadLoss:
         cfg = self.cfg
+        net = DerivedVelocity(net, cfg)      # v from the backbone's output (cfg.prediction)
         B = x.shape[0]
         tau = torch.rand(B, device=x.device, dtype=x.dtype) * (1 - cfg.eps) + cfg.eps   # FlowPolicy's time
         t = 1 - tau
@@ -60,9 +63,17 @@ class FlowPolicyHead(Head):
     @torch.no_grad()
     def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
-        steps = steps or self.cfg.sample_steps
+        cfg = self.cfg
+        steps = steps or cfg.sample_steps
+        net = DerivedVelocity(net, cfg)
         z, B = noise, noise.shape[0]
+        if cfg.prediction == "velocity":     # FlowPolicy's sampler (steps of 1 / steps from t = 1 - eps)
+            for i in range(steps):
+                t = 1 - (i / steps * (1 - cfg.eps) + cfg.eps)
+                z = z - net(z, torch.full((B,), t, device=z.device, dtype=z.dtype), cond=cond) / steps
+            return self.clip(z)
+        # "sample": a uniform grid from t = 1 - eps down to 0, so the last step lands on the predicted x_hat
+        times = torch.linspace(1 - cfg.eps, 0.0, steps + 1, device=z.device, dtype=z.dtype)
         for i in range(steps):
-            t = 1 - (i / steps * (1 - self.cfg.eps) + self.cfg.eps)
-            z = z - net(z, torch.full((B,), t, device=z.device, dtype=z.dtype), cond=cond) / steps
-        return z
+            z = z - (times[i] - times[i + 1]) * net(z, times[i].expand(B), cond=cond)
+        return self.clip(z)

@@ -39,6 +39,30 @@ class Head(nn.Module, abc.ABC):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """noise: (B, H, A) ~ N(0, I) -> normalised actions (B, H, A)."""
 
+    def clip(self, x: torch.Tensor) -> torch.Tensor:
+        """Sampled actions clamped to the normalised range [-1, 1] when the head's config asks (clip_sample)."""
+        return x.clamp(-1.0, 1.0) if getattr(self.cfg, "clip_sample", False) else x
+
+
+class DerivedVelocity:
+    """The backbone as a flow head sees it: called like the backbone, (z, t, r=None, cond=..., null_mask=...,
+    return_features=...), it returns the velocity the head works with (u(z, r, t) or v(z, t)).
+
+    cfg.prediction "velocity": the backbone's output itself. "sample": the backbone outputs the clean chunk
+    x_hat and the velocity is derived as (z - x_hat) / max(t, t_floor), so a step from t to 0 lands on x_hat.
+    Everything a head computes from the velocity (targets, JVP, guidance, sampling) is unchanged."""
+
+    def __init__(self, net: nn.Module, cfg) -> None:
+        self.net, self.cfg = net, cfg
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor | None = None, **kwargs):
+        out = self.net(z, t, r, **kwargs)
+        if self.cfg.prediction == "velocity":
+            return out
+        x_hat, features = out if kwargs.get("return_features") else (out, None)
+        velocity = (z - x_hat) / expand_time(t.clamp_min(self.cfg.t_floor), z)   # (B, H, A)
+        return velocity if features is None else (velocity, features)
+
 
 def expand_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) broadcastable against x."""

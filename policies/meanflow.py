@@ -7,7 +7,11 @@
     guidance (CFG)      v_tilde = w v + kappa u(z_t, t, t | c) + (1 - w - kappa) u(z_t, t, t | null)  (no grad)
                         replaces v in the target AND as the JVP tangent; samples whose condition was dropped
                         (prob. p_uncond, learned null embedding) keep v_tilde = v. w = 1, kappa = 0: unguided.
-    sampling            one step x = e - u(e, 0, 1); k steps z_r = z_t - (t - r) u(z_t, r, t)
+    sampling            one step x = e - u(e, 0, 1); k steps z_r = z_t - (t - r) u(z_t, r, t), clamped to [-1, 1]
+    prediction          "velocity": the backbone outputs u; "sample": it outputs x_hat and u = (z_t - x_hat) / t
+                        (head.DerivedVelocity), so one step returns x_hat(e, 0, 1); every formula above holds for u
+    jvp_tangent         "v": dz/dt = v (or v_tilde); "model": dz/dt = sg(u(z_t, t, t)), the network's own
+                        instantaneous velocity (improved MeanFlow), the target keeps v
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import MeanFlowConfig
-from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
+from .head import DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
 
 
 def guided_velocity(v: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor, w: float, kappa: float,
@@ -66,15 +70,21 @@ class MeanFlowHead(Head):
     def targets(self, net: nn.Module, x: torch.Tensor, e: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
                 cond: torch.Tensor | None, dropped: torch.Tensor | None = None):
         """Deterministic part of the loss, for given data x, noise e (B, H, A), times t >= r (B,) and dropped
-        conditions (B,) bool. Returns (u, u_tgt, v_tilde, du/dt, features); only u and features carry gradient."""
+        conditions (B,) bool. Returns (u, u_tgt, v_tilde, du/dt, features); only u and features carry gradient.
+        `net` is the backbone; the velocity u comes from it through DerivedVelocity (cfg.prediction)."""
+        net = DerivedVelocity(net, self.cfg)
         z = (1 - expand_time(t, x)) * x + expand_time(t, x) * e   # z_t: (B, H, A)
         v = e - x
         v_tilde = self.guided_velocity(net, z, v, t, cond, dropped) if self.cfg.guided else v
+        tangent = v_tilde
+        if self.cfg.jvp_tangent == "model":
+            with torch.no_grad():
+                tangent = net(z, t, t, cond=cond, null_mask=dropped)      # u(z_t, t, t): the model's own v
 
         def u_fn(z_, r_, t_):
             return net(z_, t_, r_, cond=cond, null_mask=dropped, return_features=True)
 
-        u, dudt, features = jvp_dudt(u_fn, z, r, t, v_tilde)
+        u, dudt, features = jvp_dudt(u_fn, z, r, t, tangent)
         dudt = dudt.detach()
         return u, self.target(v_tilde, dudt, t, r), v_tilde, dudt, list(features)
 
@@ -94,4 +104,5 @@ class MeanFlowHead(Head):
     @torch.no_grad()
     def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
-        return average_velocity_sample(net, noise, cond, steps or self.cfg.sample_steps)
+        return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
+                                                 steps or self.cfg.sample_steps))

@@ -5,7 +5,8 @@ interval-splitting identity, so it is cheaper per step and works under torch.com
 With lambda ~ U[0, 1] and s = t - lambda (t - r):
     u2 = u(z_t, s, t);  z_s = z_t - (t - s) u2  (a step with the model itself);  u1 = u(z_s, r, s)
     target = sg((1 - lambda) u1 + lambda u2);  the r = t fraction gets the boundary condition target v = e - x.
-Loss: the adaptive L2 of MeanFlow (p = 0: plain L2). Sampling: one step x = e - u(e, 0, 1) (or k steps).
+Loss: the adaptive L2 of MeanFlow (p = 0: plain L2). Sampling: one step x = e - u(e, 0, 1) (or k steps), clamped.
+`prediction` ("velocity" or "sample") says what the backbone outputs, as for MeanFlow (head.DerivedVelocity).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import SplitMeanFlowConfig
-from .head import Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
+from .head import DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
 
 
 class SplitMeanFlowHead(Head):
@@ -24,6 +25,7 @@ class SplitMeanFlowHead(Head):
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
              return_features: bool = False) -> HeadLoss:
         cfg = self.cfg
+        net = DerivedVelocity(net, cfg)      # u from the backbone's output (cfg.prediction)
         B = x.shape[0]
         t, r = sample_times(cfg, x)
         lam = torch.rand(B, device=x.device, dtype=x.dtype)
@@ -45,4 +47,5 @@ class SplitMeanFlowHead(Head):
     @torch.no_grad()
     def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
-        return average_velocity_sample(net, noise, cond, steps or self.cfg.sample_steps)
+        return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
+                                                 steps or self.cfg.sample_steps))

@@ -46,7 +46,8 @@ def _flowpolicy_reference(net, x, cond, cfg: FlowPolicyConfig, seed: int) -> tor
 
 @pytest.mark.parametrize("num_segments", [1, 2, 3])
 def test_flowpolicy_loss_matches_its_original_convention(num_segments):
-    cfg = FlowPolicyConfig(num_segments=num_segments, delta=0.05, alpha=0.3)   # alpha large: the v term counts
+    cfg = FlowPolicyConfig(num_segments=num_segments, delta=0.05, alpha=0.3,     # alpha large: the v term counts
+                           prediction="velocity")                            # the reference's net outputs v
     net = _net(False)
     g = torch.Generator().manual_seed(1)
     x, cond = torch.randn(64, 3, 2, generator=g), torch.randn(64, 2, generator=g)
@@ -79,7 +80,8 @@ class LinearU(nn.Module):
 def test_splitmeanflow_target_is_the_interval_split():
     torch.manual_seed(0)
     x, cond = torch.randn(16, 3, 2), None
-    cfg = SplitMeanFlowConfig(ratio_r_eq_t=0.25, adaptive_p=0.0)   # plain L2: loss = mean ||u - target||^2
+    cfg = SplitMeanFlowConfig(ratio_r_eq_t=0.25, adaptive_p=0.0,   # plain L2: loss = mean ||u - target||^2
+                              prediction="velocity")
     head = SplitMeanFlowHead(cfg)
     torch.manual_seed(5)
     loss = head.loss(LinearU(), x, cond).loss
@@ -104,7 +106,8 @@ def test_splitmeanflow_target_is_the_interval_split():
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("head", [MeanFlowHead(MeanFlowConfig()), SplitMeanFlowHead(SplitMeanFlowConfig())])
+@pytest.mark.parametrize("head", [MeanFlowHead(MeanFlowConfig(prediction="velocity", clip_sample=False)),
+                                  SplitMeanFlowHead(SplitMeanFlowConfig(prediction="velocity", clip_sample=False))])
 def test_average_velocity_sampling_steps(head):
     u = LinearU()
     e = torch.randn(5, 3, 2)

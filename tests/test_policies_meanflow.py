@@ -88,7 +88,7 @@ def _small_inputs():
 def test_cfg_target_matches_hand_formula_with_kappa():
     x, e, t, r, cond, dropped = _small_inputs()
     w, kappa = 2.0, 0.3
-    head = MeanFlowHead(MeanFlowConfig(cfg_w=w, cfg_kappa=kappa, p_uncond=0.1))
+    head = MeanFlowHead(MeanFlowConfig(cfg_w=w, cfg_kappa=kappa, p_uncond=0.1, prediction="velocity"))
     net = AnalyticNet()
     u, u_tgt, v_tilde, dudt, _ = head.targets(net, x, e, t, r, cond, dropped)
 

@@ -102,7 +102,7 @@ class Checkpoint:
 
     def _config(self, key: str, cls):
         try:
-            return cls.from_dict(self.meta[key])
+            return getattr(cls, "from_saved", cls.from_dict)(self.meta[key])
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"{self.path}: its {key.replace('_', ' ')} is not valid for this code: {e}") from e
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -42,6 +43,7 @@ from .config import TrainConfig
 from .cpu_memory import reuse_freed_cpu_memory
 from .distributed import (DistInfo, ResumableBatchSampler, all_true, barrier, gather_to_main, setup_distributed,
                           teardown_distributed)
+from .precision import CpuInfo, autocast, resolve_amp
 
 EvalFn = Callable[[nn.Module, int], dict]
 
@@ -229,7 +231,7 @@ class _Run:
         return torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
 
     def autocast(self):
-        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+        return autocast(self.info.device.type, self.cfg.amp)
 
     # --- one optimiser step ----------------------------------------------------------------------------
     def train_step(self, batch) -> tuple[bool, dict[str, float]]:
@@ -389,7 +391,7 @@ class _Run:
     def _check_compatible(self, ckpt) -> None:
         meta = ckpt.meta
         asked = self.policy_config.to_dict()
-        saved = meta["policy_config"]
+        saved = ckpt.policy_config.to_dict()
         if saved.get("head") != asked["head"]:
             raise CheckpointError(f"{ckpt.path}: was trained with head '{saved.get('head')}', this run asks for "
                                   f"'{asked['head']}'; resume with the same head or start a new run_dir")
@@ -423,6 +425,27 @@ def _dict_differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
     return out
 
 
+def resolve_run_precision(cfg: TrainConfig, device_type: str, saved: TrainConfig | None = None,
+                          cpu: CpuInfo | None = None) -> tuple[TrainConfig, str]:
+    """(cfg with `amp` resolved to "none" or "bf16" and `amp_reason` filled, a line saying so). "auto": bf16 where
+    the device runs it natively (precision.resolve_amp); a resumed run (`saved`: its checkpoint's config) keeps
+    the precision it started with, and its reason. bf16 on a device without native bf16 warns (PrecisionWarning).
+    cpu: the CPU's capability (default: this machine's; injectable)."""
+    asked = saved.amp if saved is not None and cfg.amp == "auto" else cfg.amp
+    choice = resolve_amp(asked, device_type, cpu=cpu)
+    if saved is not None and saved.amp == choice.amp and saved.amp_reason:
+        resolved = dataclasses.replace(cfg, amp=choice.amp, amp_reason=saved.amp_reason)
+        return resolved, choice.describe(f"kept from the run's start: {saved.amp_reason}")
+    return dataclasses.replace(cfg, amp=choice.amp, amp_reason=choice.reason), choice.describe()
+
+
+def _saved_train_config(last: Path) -> TrainConfig | None:
+    try:
+        return read_checkpoint(last).train_config
+    except CheckpointError:
+        return None                                    # reported with its reason when the run loads it
+
+
 def train(data_path, policy_config, train_config: TrainConfig | None = None, run_dir="runs/train",
           resume: bool = False, eval_fn: EvalFn | None = None, eval_every: int = 0,
           progress: bool = True) -> dict[str, Any]:
@@ -454,6 +477,9 @@ def train(data_path, policy_config, train_config: TrainConfig | None = None, run
                               f"or choose another run folder")
 
     info = setup_distributed(cfg.device)
+    cfg, precision_line = resolve_run_precision(cfg, info.device.type, _saved_train_config(last) if resume else None)
+    if info.is_main:
+        print(precision_line, flush=True)
     heap_reuse = cfg.reuse_cpu_memory and info.device.type == "cpu" and reuse_freed_cpu_memory(True)
     writer = None
     try:
