@@ -45,6 +45,9 @@ def _collect_parser(sub) -> None:
 
 
 def _collect_run(args) -> int:
+    from .output_paths import FOLDER, Output, check_outputs
+
+    check_outputs([Output("--out", args.out, FOLDER, "zarr dataset")])
     from mfp.demos.collect import collect
 
     report = collect(args.task, args.episodes, args.out, seed_start=args.seed_start, max_attempts=args.max_attempts,
@@ -79,6 +82,9 @@ def _bench_collect_parser(bench) -> None:
 
 
 def _bench_collect_run(args) -> int:
+    from .output_paths import Output, check_outputs
+
+    check_outputs([Output("--out", args.out, what="results JSON")])
     from .bench_collect import bench_collect
 
     processes = tuple(int(x) for x in args.processes.split(",") if x.strip())
@@ -127,7 +133,8 @@ def main(argv=None) -> int:
     except (CliError, ValueError, OSError, RuntimeError) as e:  # OSError: disk full, permissions, missing files
         if os.environ.get("MFP_DEBUG"):
             raise
-        print(f"mfp {args.command}: error: {e}", file=sys.stderr)
+        command = f"bench {args.bench}" if args.command == "bench" else args.command
+        print(f"mfp {command}: error: {e}", file=sys.stderr)
         return 2
 
 

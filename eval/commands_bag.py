@@ -58,6 +58,9 @@ def import_bag_parser(sub) -> None:
 
 
 def _import_bag_run(args) -> int:
+    from .output_paths import FOLDER, Output, check_outputs
+
+    check_outputs([Output("--out", args.out, FOLDER, "zarr dataset")])
     from mfp.demos.bag_import import import_bag
 
     report = import_bag(args.bag, args.out, args.config, progress=not args.no_progress)

@@ -65,6 +65,11 @@ def _control_run(args) -> int:
         raise ValueError("--expert needs --task")
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    from .output_paths import FILE, FOLDER, Output, check_outputs
+
+    check_outputs([Output("--out", args.out, FILE, "run reports JSON"),
+                   Output("--record", args.record, FOLDER, "zarr dataset"),
+                   Output("--picture", args.picture, FILE, "point-cloud picture")])
     topics = None
     if args.robot == "ros":
         from .ros_topics import RosTopics
@@ -113,6 +118,9 @@ def ros_sim_parser(sub) -> None:
 def _ros_sim_run(args) -> int:
     import dataclasses
 
+    from .output_paths import Output, check_outputs
+
+    check_outputs([Output("--result", args.result, what="episode summary JSON")])
     from .ros_sim_node import serve_sim
     from .ros_topics import RosTopics
 
@@ -150,6 +158,9 @@ def bench_control_parser(bench) -> None:
 
 
 def _bench_control_run(args) -> int:
+    from .output_paths import Output, check_outputs
+
+    check_outputs([Output("--out", args.out, what="results JSON")])
     from .bench_control import bench_control
     from .commands_train import _csv
 

@@ -177,12 +177,18 @@ def render_plot(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def report_paths(results_paths, out=None) -> tuple[Path, Path]:
+    """The report's Markdown and PNG files: <out>.md and <out>.png, by default report.* beside the first results
+    file."""
+    out = Path(out) if out else Path(results_paths[0]).with_name("report")
+    return out.with_suffix(".md"), out.with_suffix(".png")
+
+
 def write_report(results_paths, out=None, title: str = "Benchmark suite") -> tuple[Path, Path]:
     from mfp.demos.atomic import atomic_write_bytes
 
     rows = load_rows(results_paths)
-    out = Path(out) if out else Path(results_paths[0]).with_name("report")
-    md, png = out.with_suffix(".md"), out.with_suffix(".png")
+    md, png = report_paths(results_paths, out)
     atomic_write_bytes(png, render_plot(rows))
     atomic_write_bytes(md, render_markdown(rows, title, plot_name=png.name).encode())
     return md, png
