@@ -1,9 +1,12 @@
-"""Meta-World point-cloud environments: spaces, seeding, episode rules, privileged state kept out."""
+"""Meta-World point-cloud environments: spaces, seeding, episode rules, privileged state kept out, the success flag
+against the simulator's own state."""
 
 import numpy as np
 import pytest
 
+from mfp.demos.experts import make_expert
 from mfp.envs import make_env, task_names
+from mfp.eval.evaluator import evaluate
 
 # One task from each difficulty group, plus peg-insert-side (its expert class has an odd name).
 SAMPLE = ["metaworld/reach", "metaworld/drawer-open", "metaworld/hammer", "metaworld/pick-place",
@@ -101,3 +104,56 @@ def test_episode_is_200_steps_and_actions_are_clipped():
             env.step(np.array([np.nan, 0, 0, 0], np.float32))
     finally:
         env.close()
+
+
+# Meta-World v3's success rules, transcribed from metaworld 3.1.1's source
+# (.venv/lib/python3.11/site-packages/metaworld/):
+#   drawer-open  envs/sawyer_drawer_open_v3.py, evaluate_state: success = handle_error <= 0.03, handle_error =
+#                ||handle - target||; the handle is the drawer_link body's position + (0, -0.16, 0)
+#                (_get_pos_objects); the target is the "goal" site, placed 0.2 m (maxDist) out (reset_model).
+#   reach        envs/sawyer_reach_v3.py, evaluate_state: success = reach_dist <= 0.05, reach_dist =
+#                ||tcp_center - target|| (compute_reward); tcp_center is the midpoint of the rightEndEffector and
+#                leftEndEffector sites (sawyer_xyz_env.py); the target is the "goal" site.
+# The oracle reads positions from the MuJoCo data (bodies and sites), never the env's flag or its _target_pos.
+SUCCESS_RULES = {
+    "metaworld/drawer-open": (lambda d: d.body("drawer_link").xpos + np.array([0.0, -0.16, 0.0]), 0.03),
+    "metaworld/reach": (lambda d: (d.site("rightEndEffector").xpos + d.site("leftEndEffector").xpos) / 2, 0.05),
+}
+
+
+def _distance_to_goal(env, task: str) -> float:
+    point_of, _ = SUCCESS_RULES[task]
+    data = env.sim.data
+    return float(np.linalg.norm(point_of(data) - data.site("goal").xpos))
+
+
+@pytest.mark.parametrize("task", list(SUCCESS_RULES))
+def test_success_flag_agrees_with_the_simulator_state(task):
+    """Along the expert's episode (fails, then succeeds) and an arm that never moves (fails throughout), the env's
+    info["success"] is the published rule applied to the simulator's positions at every step; the evaluator's
+    record of the expert on that seed starts succeeding at the step the oracle does."""
+    _, radius = SUCCESS_RULES[task]
+    env, expert, seed = make_env(task), make_expert(task), 0
+    try:
+        runs = {}
+        for actor in ("expert", "still"):
+            _, info = env.reset(seed=seed)
+            dists = []
+            for step in range(1, env.max_episode_steps + 1):
+                action = expert.act(info["full_state"]) if actor == "expert" else np.zeros(4, np.float32)
+                _, _, _, truncated, info = env.step(action)
+                dists.append(_distance_to_goal(env, task))
+                assert info["success"] == (dists[-1] <= radius), (actor, step, dists[-1])
+                # the goal the observation carries is where the simulator has it
+                np.testing.assert_allclose(info["full_state"][36:39], env.sim.data.site("goal").xpos, atol=1e-5)
+            assert truncated
+            runs[actor] = np.array(dists)
+    finally:
+        env.close()
+    expert_d, still_d = runs["expert"], runs["still"]
+    assert expert_d[0] > radius and expert_d.min() <= radius        # both outcomes of the rule were compared
+    assert ((expert_d > radius) & (expert_d <= 2 * radius)).any()   # ... and distances just outside the radius
+    assert still_d.min() > radius                                   # the still arm never succeeds
+    first = int(np.argmax(expert_d <= radius)) + 1
+    (record,) = evaluate(None, task, [seed], progress=False)["episodes"]
+    assert record["success"] is True and record["first_success_step"] == first
