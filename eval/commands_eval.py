@@ -1,10 +1,18 @@
 """`mfp eval`: roll a checkpoint (or the task's expert) out on fixed evaluation seeds and save the results.
 
-Outputs, by default beside the checkpoint: eval-<name>.json (summary + per-episode records + provenance) and a
-folder eval-<name>/ with videos of the first episodes and a picture of the point cloud the policy sees.
+Outputs: a results JSON (summary + per-episode records + provenance) and a folder with videos of the first
+episodes and a picture of the point cloud the policy sees (point_cloud.png). Where they go (`OUT_RULE`):
+--out ending in .json is the results file, and its videos and picture go to a folder beside it named after its
+stem (runs/x/eval.json -> runs/x/eval/); any other --out is a folder that receives eval.json, videos/ and
+point_cloud.png. By default: <run folder>/eval-<checkpoint name>.json (and folder eval-<checkpoint name>/), or
+runs/eval/<task>-expert.json with --expert. Every output path is checked before anything is rolled out.
 """
 
 from __future__ import annotations
+
+OUT_RULE = ("a path ending in .json is the results file, and its videos and point-cloud picture go to a folder "
+            "beside it named after its stem (runs/x/eval.json -> runs/x/eval/); any other path is a folder that "
+            "receives eval.json, videos/ and point_cloud.png")
 
 
 def eval_parser(sub) -> None:
@@ -29,8 +37,9 @@ def eval_parser(sub) -> None:
     p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4", help="video format (default: mp4)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the training weights instead of the EMA weights")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out", default=None, help="results JSON (default: <run folder>/eval-<checkpoint name>.json, "
-                                               "or runs/eval/<task>-expert.json with --expert)")
+    p.add_argument("--out", default=None,
+                   help=f"where results go: {OUT_RULE} (default: <run folder>/eval-<checkpoint name>.json, or "
+                        f"runs/eval/<task>-expert.json with --expert)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_eval_run)
 
@@ -45,9 +54,44 @@ def parse_seed_sets(text: str) -> list[int]:
     return sets
 
 
+def eval_output_paths(out, ckpt=None, task: str | None = None):
+    """(results JSON, folder of the videos and point-cloud picture) for `--out` (see OUT_RULE), or by default
+    beside the checkpoint `ckpt`, or under runs/eval for the expert of `task`."""
+    from pathlib import Path
+
+    if out:
+        if str(out).lower().endswith(".json"):  # the text as given: "x.json/" names a folder
+            stem = Path(out).name[:-len(".json")]
+            if not stem:
+                raise ValueError(f"--out {out}: a results file needs a name before .json (its folder is named "
+                                 f"after it)")
+            return Path(out), Path(out).with_name(stem)
+        return Path(out) / "eval.json", Path(out)
+    if ckpt is not None:
+        results = Path(ckpt).parent / f"eval-{Path(ckpt).stem}.json"
+    else:
+        results = Path("runs/eval") / f"{task.replace('/', '_')}-expert.json"
+    return results, results.with_suffix("")
+
+
+def check_eval_outputs(results, side, videos: int) -> None:
+    """Refuse unwritable output paths before anything is loaded or rolled out."""
+    from .output_paths import FILE, FOLDER, Output, check_outputs
+
+    if results.parent == side:  # --out is the folder: say first what is wrong with it
+        outputs = [Output("--out", side, FOLDER, "output folder: eval.json, videos, point-cloud picture"),
+                   Output("--out", results, FILE, "results JSON")]
+    else:
+        outputs = [Output("--out", results, FILE, "results JSON"),
+                   Output("--out", side, FOLDER, "folder of the videos and point-cloud picture")]
+    outputs.append(Output("--out", side / "point_cloud.png", FILE, "point-cloud picture"))
+    if videos > 0:
+        outputs.append(Output("--out", side / "videos", FOLDER, "videos"))
+    check_outputs(outputs)
+
+
 def _eval_run(args) -> int:
     import os
-    from pathlib import Path
 
     from mfp.demos.atomic import atomic_write_json
     from mfp.demos.provenance import provenance
@@ -67,15 +111,11 @@ def _eval_run(args) -> int:
     policy, ckpt = None, None
     if args.ckpt is not None:
         ckpt = resolve_checkpoint_path(args.ckpt)
+    out, out_dir = eval_output_paths(args.out, ckpt, args.task)
+    check_eval_outputs(out, out_dir, args.videos)
+    if ckpt is not None:
         policy = load_policy(ckpt, use_ema=not args.no_ema, device=args.device)
     task, point_cloud = resolve_task(policy, args.task, None)
-    if args.out:
-        out = Path(args.out)
-    elif ckpt is not None:
-        out = ckpt.parent / f"eval-{ckpt.stem}.json"
-    else:
-        out = Path("runs/eval") / f"{task.replace('/', '_')}-expert.json"
-    out_dir = out.with_suffix("")
     result = evaluate(policy, task, {k: eval_seed_set(k, args.episodes) for k in seed_sets}, device=args.device,
                       progress=not args.no_progress, point_cloud=point_cloud, workers=workers,
                       video_dir=out_dir / "videos", n_videos=args.videos, video_format=args.video_format)

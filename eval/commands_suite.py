@@ -60,7 +60,35 @@ def bench_report_parser(bench) -> None:
     b.set_defaults(run=_bench_report_run)
 
 
+def suite_outputs(cfg, report: bool) -> list:
+    """Every path a suite writes: the task datasets (and their locks), each job's run folder and videos, the
+    results file (appended to) and, unless `report` is False, the report beside it."""
+    from .output_paths import FILE, FOLDER, Output, run_folder_outputs
+    from .suite import dataset_path, run_dir, suite_jobs
+    from .suite_report import report_paths
+
+    outputs = [Output("--data-dir", cfg.data_dir, FOLDER, "task datasets"),
+               Output("--runs-dir", cfg.runs_dir, FOLDER, "training runs"),
+               Output("--results", cfg.results, FILE, "results file, appended to", append=True)]
+    for task in cfg.tasks:
+        data = dataset_path(cfg, task)
+        outputs += [Output("--data-dir", data, FOLDER, "zarr dataset"),
+                    Output("--data-dir", data.with_name(data.name + ".lock"), FILE, "dataset lock", append=True)]
+    for task, head, seed in suite_jobs(cfg):
+        if head is not None:
+            run = run_dir(cfg, task, head, seed)
+            outputs += run_folder_outputs("--runs-dir", run, eval_history=bool(cfg.top5_every))
+            if cfg.videos:
+                outputs.append(Output("--runs-dir", run / "videos", FOLDER, "videos"))
+    if report:
+        md, png = report_paths([cfg.results])
+        outputs += [Output("--results", md, FILE, "report beside the results file"),
+                    Output("--results", png, FILE, "report plot beside the results file")]
+    return outputs
+
+
 def _bench_suite_run(args) -> int:
+    from .output_paths import check_outputs
     from .suite import SuiteConfig, run_suite
 
     try:
@@ -72,6 +100,7 @@ def _bench_suite_run(args) -> int:
                       eval_episodes=args.eval_episodes, eval_workers=args.eval_workers, videos=args.videos,
                       expert=not args.no_expert, top5_every=args.top5_every, threads=args.threads,
                       data_dir=args.data_dir, runs_dir=args.runs_dir, results=args.results)
+    check_outputs(suite_outputs(cfg, report=not args.no_report))
     report = run_suite(cfg, progress=not args.no_progress)
     print(f"suite: {len(report.done)} jobs run, {len(report.skipped)} already in {cfg.results}")
     if not args.no_report:
@@ -87,5 +116,10 @@ def _render(results, out, title) -> None:
 
 
 def _bench_report_run(args) -> int:
+    from .output_paths import FILE, Output, check_outputs
+    from .suite_report import report_paths
+
+    md, png = report_paths(args.results, args.out)
+    check_outputs([Output("--out", md, FILE, "Markdown report"), Output("--out", png, FILE, "report plot")])
     _render(args.results, args.out, args.title)
     return 0

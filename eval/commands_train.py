@@ -184,6 +184,9 @@ def _train_run(args) -> int:
 
     from mfp.policies.training import train
 
+    from .output_paths import check_outputs, run_folder_outputs
+
+    check_outputs(run_folder_outputs("--out", args.out, eval_history=bool(args.eval_every)))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     policy_config, train_config = configs_from_args(args)
@@ -231,6 +234,9 @@ def bench_train_parser(bench) -> None:
 
 
 def _bench_train_run(args) -> int:
+    from .output_paths import Output, check_outputs
+
+    check_outputs([Output("--out", args.out, what="results JSON")])
     from .bench_train import bench_train
 
     bench_train(heads=_csv(args.heads, HEADS), preset=args.preset, batch_size=args.batch_size,
@@ -267,6 +273,9 @@ def bench_latency_parser(bench) -> None:
 
 
 def _bench_latency_run(args) -> int:
+    from .output_paths import Output, check_outputs
+
+    check_outputs([Output("--out", args.out, what="results JSON")])
     from .bench_latency import bench_latency
 
     presets = _csv(args.presets, PRESETS)
