@@ -22,13 +22,22 @@ def bench_suite_parser(bench) -> None:
                     "report (Markdown table + plot, published numbers beside ours) is written next to --results.")
     b.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated tasks (default: {DEFAULT_TASKS})")
     b.add_argument("--heads", default="meanflow,flowpolicy,dp3",
-                   help=f"comma-separated heads from {','.join(SUITE_HEADS)} (default: meanflow,flowpolicy,dp3)")
+                   help=f"comma-separated heads from {','.join(SUITE_HEADS)}, or labels of --variant "
+                        f"(default: meanflow,flowpolicy,dp3)")
+    b.add_argument("--variant", action="append", default=[], metavar="LABEL=HEAD:KEY=VALUE,...",
+                   help="a head with some settings changed, run under LABEL (name it in --heads); keys: the head's "
+                        "config fields (e.g. prediction=velocity, adaptive_p=1, ratio_r_eq_t=0.75), UNet "
+                        "time_combine/second_time/time_scale, training lr/warmup_steps/weight_decay/grad_clip, "
+                        "dispersive_weight. Repeat for several, e.g. --variant mf-lr3=meanflow:lr=3e-4")
     b.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default: 0,1)")
     b.add_argument("--budget", "--steps", dest="steps", type=int, default=400,
                    help="training budget: optimiser steps per run, the same for every head (default: 400)")
     b.add_argument("--batch-size", type=int, default=64, help="samples per training step (default: 64)")
     b.add_argument("--preset", choices=PRESETS, default="small", help="UNet preset (default: small)")
-    b.add_argument("--amp", choices=("none", "bf16"), default="bf16", help="training precision (default: bf16)")
+    b.add_argument("--amp", choices=("auto", "none", "bf16"), default="auto",
+                   help="training precision: auto = bfloat16 autocast where the device runs it natively (CUDA with "
+                        "bf16, a CPU with AVX-512 BF16 or AMX), float32 otherwise; results record the resolved "
+                        "precision (default: auto)")
     b.add_argument("--demos", type=int, default=10, help="demonstrations per task (default: 10)")
     b.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per run (default: 20)")
     b.add_argument("--eval-workers", type=int, default=1, help="evaluation worker processes (default: 1)")
@@ -38,7 +47,9 @@ def bench_suite_parser(bench) -> None:
     b.add_argument("--top5-every", type=int, default=0,
                    help="also evaluate every this many training steps, for the papers' top-5 figure (labelled as "
                         "such, never the headline; default: 0, off)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for training (default: the cores this process may use; evaluation "
+                        "workers take 1 each; give 1 per suite process when several share the machine)")
     b.add_argument("--data-dir", default="data/demos", help="where task datasets live (default: data/demos)")
     b.add_argument("--runs-dir", default="runs/suite", help="where training runs go (default: runs/suite)")
     b.add_argument("--results", default="runs/suite/results.jsonl",
@@ -95,7 +106,7 @@ def _bench_suite_run(args) -> int:
         seeds = tuple(int(s) for s in _csv(args.seeds))
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    cfg = SuiteConfig(tasks=_csv(args.tasks), heads=_csv(args.heads, SUITE_HEADS), seeds=seeds, steps=args.steps,
+    cfg = SuiteConfig(tasks=_csv(args.tasks), heads=_csv(args.heads), variants=tuple(args.variant), seeds=seeds, steps=args.steps,
                       batch_size=args.batch_size, preset=args.preset, amp=args.amp, demos=args.demos,
                       eval_episodes=args.eval_episodes, eval_workers=args.eval_workers, videos=args.videos,
                       expert=not args.no_expert, top5_every=args.top5_every, threads=args.threads,

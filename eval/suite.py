@@ -31,31 +31,32 @@ class SuiteConfig:
     steps: int = 400                      # the training budget: optimiser steps, the same for every head
     batch_size: int = 64
     preset: str = "small"
-    amp: str = "bf16"
+    amp: str = "auto"                     # "auto": bf16 where the device runs it natively (precision.py)
     demos: int = 10                       # demonstrations per task
     eval_episodes: int = 20
     eval_workers: int = 1
     videos: int = 1                       # episodes recorded as videos per evaluation
     expert: bool = True                   # also evaluate the expert on the evaluation episodes (once per task)
     top5_every: int = 0                   # >0: evaluate every this many steps too, for the papers' top-5 figure
-    threads: int | None = None            # torch CPU threads
+    threads: int | None = None            # torch CPU threads for training (None: precision.default_threads())
     data_dir: str = "data/demos"
     runs_dir: str = "runs/suite"
     results: str = "runs/suite/results.jsonl"
+    variants: tuple[str, ...] = ()        # "LABEL=HEAD:KEY=VALUE,..." (suite_variants.py); labels go in `heads`
 
     def __post_init__(self) -> None:
         check_fields(self)
         from mfp.envs import check_task_name
 
-        self.tasks, self.heads = tuple(self.tasks), tuple(self.heads)
+        self.tasks, self.heads, self.variants = tuple(self.tasks), tuple(self.heads), tuple(self.variants)
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.tasks:
             raise ValueError("the suite needs at least one task")
         for t in self.tasks:
             check_task_name(t)
-        bad = [h for h in self.heads if h not in SUITE_HEADS]
-        if bad or not self.heads:
-            raise ValueError(f"unknown head(s) {bad or '(none)'}; choose from {list(SUITE_HEADS)}")
+        if not self.heads:
+            raise ValueError(f"the suite needs at least one head; choose from {list(SUITE_HEADS)}")
+        self.variant_of(self.heads[0])   # parses and checks every head name and variant spec
         for name in ("steps", "batch_size", "demos", "eval_episodes", "eval_workers"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"suite {name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -63,6 +64,31 @@ class SuiteConfig:
             raise ValueError("suite top5_every and videos must be >= 0")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError(f"suite seeds must be distinct and >= 0, got {self.seeds}")
+        from mfp.policies.training.precision import AMP_CHOICES
+
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"suite amp must be one of {AMP_CHOICES}, got {self.amp!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"suite threads must be >= 1, got {self.threads}")
+
+    def precision(self):
+        """The precision runs train in (precision.AmpChoice): `amp`, "auto" resolved for this machine's device."""
+        import torch
+
+        from mfp.policies.training.precision import resolve_amp
+
+        return resolve_amp(self.amp, "cuda" if torch.cuda.is_available() else "cpu", warn=False)
+
+    def variant_of(self, head: str):
+        """The suite_variants.Variant that `head` (a head name or a variant label) trains."""
+        from .suite_variants import resolve_variants
+
+        return resolve_variants(self.heads, self.variants, SUITE_HEADS)[head]
+
+    def row_variant(self, head: str) -> dict | None:
+        """What a results row records of `head`'s variant: None for a head with its defaults."""
+        variant = self.variant_of(head)
+        return None if variant.label == variant.head and not any(variant.overrides().values()) else variant.overrides()
 
     def expert_budget(self) -> dict:
         """The expert's results depend only on the evaluation episodes."""
@@ -70,7 +96,7 @@ class SuiteConfig:
 
     def budget(self) -> dict:
         """What makes two results comparable: a job is done when a row with this budget exists."""
-        return {"steps": self.steps, "batch_size": self.batch_size, "preset": self.preset, "amp": self.amp,
+        return {"steps": self.steps, "batch_size": self.batch_size, "preset": self.preset, "amp": self.precision().amp,
                 "demos": self.demos, "eval_episodes": self.eval_episodes}
 
 
@@ -89,8 +115,34 @@ def run_dir(cfg: SuiteConfig, task: str, head: str, seed: int) -> Path:
 
 
 def job_key(row: dict) -> tuple:
+    import json
+
     return (row.get("kind"), row.get("task"), row.get("head"), row.get("seed"),
-            tuple(sorted((row.get("budget") or {}).items())))
+            tuple(sorted((row.get("budget") or {}).items())), json.dumps(row.get("variant"), sort_keys=True))
+
+
+HELDOUT_EPISODES = 2           # demonstrations never trained on, for the chunk diagnostics of every run
+HELDOUT_SEED_START = 500_000   # in the demonstration seed range, far after the training demonstrations' seeds
+
+
+def heldout_path(cfg: SuiteConfig, task: str) -> Path:
+    return Path(cfg.data_dir) / f"{task.replace('/', '_')}-heldout.zarr"
+
+
+def ensure_heldout(cfg: SuiteConfig, task: str, progress: bool) -> Path:
+    """The task's held-out demonstrations (HELDOUT_EPISODES from HELDOUT_SEED_START), collected once under a lock."""
+    from mfp.demos.collect import collect
+    from mfp.demos.store import DemoStore
+
+    path = heldout_path(cfg, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        have = DemoStore.open(path).n_episodes if path.exists() else 0
+        if have < HELDOUT_EPISODES:
+            collect(task, HELDOUT_EPISODES - have, path, seed_start=None if have else HELDOUT_SEED_START,
+                    progress=progress)
+    return path
 
 
 def ensure_demos(cfg: SuiteConfig, task: str, progress: bool) -> Path:
@@ -141,9 +193,10 @@ def train_job(cfg: SuiteConfig, task: str, head: str, seed: int, data: Path, pro
     last = out / "last.safetensors"
     if last.exists() and read_checkpoint(last).meta["step"] >= cfg.steps:
         return last, 0.0
-    policy_cfg = PolicyConfig.from_dict({"head": head, "unet": {"preset": cfg.preset}, **dataset_shapes(data)})
-    train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, amp=cfg.amp, seed=seed, val_ratio=0.0,
-                            val_every=0, ckpt_every=max(50, cfg.steps // 4), keep_checkpoints=1)
+    variant = cfg.variant_of(head)
+    policy_cfg = PolicyConfig.from_dict(variant.policy_dict({"unet": {"preset": cfg.preset}, **dataset_shapes(data)}))
+    train_cfg = TrainConfig(**variant.train, steps=cfg.steps, batch_size=cfg.batch_size, amp=cfg.amp, seed=seed,
+                            val_ratio=0.0, val_every=0, ckpt_every=max(50, cfg.steps // 4), keep_checkpoints=1)
     eval_fn = simulation_eval_fn(data, cfg.eval_episodes) if cfg.top5_every else None
     t0 = time.perf_counter()
     train(data, policy_cfg, train_cfg, out, resume=last.exists(), eval_fn=eval_fn, eval_every=cfg.top5_every,
@@ -165,6 +218,7 @@ def top5_success(run: Path) -> float | None:
 def policy_row(cfg: SuiteConfig, task: str, head: str, seed: int, progress: bool) -> dict:
     from mfp.demos.provenance import provenance
     from mfp.demos.seeds import eval_seeds
+    from mfp.policies.diagnostics import chunk_diagnostics, demo_windows
     from mfp.policies.training.checkpoint import load_policy
 
     from .evaluator import evaluate
@@ -172,11 +226,14 @@ def policy_row(cfg: SuiteConfig, task: str, head: str, seed: int, progress: bool
     data = ensure_demos(cfg, task, progress)
     ckpt, train_seconds = train_job(cfg, task, head, seed, data, progress)
     policy = load_policy(ckpt, use_ema=True)
+    diagnostics = chunk_diagnostics(policy, demo_windows(ensure_heldout(cfg, task, progress), policy.config))
     t0 = time.perf_counter()
     result = evaluate(policy, task, eval_seeds(cfg.eval_episodes), progress=progress, workers=cfg.eval_workers,
                       video_dir=ckpt.parent / "videos", n_videos=cfg.videos)
     return {"kind": "policy", "task": task, "group": task_group(task), "head": head, "seed": seed,
-            "budget": cfg.budget(), "success_rate": result["success_rate"],
+            "budget": cfg.budget(), "variant": cfg.row_variant(head), "head_name": policy.config.head,
+            "success_rate": result["success_rate"], "chunk_error": diagnostics["chunk_error"],
+            "noise_spread": diagnostics["noise_spread"],
             "inference_ms_p50": result["inference_ms_p50"], "inference_ms_p99": result["inference_ms_p99"],
             "top5_success": top5_success(ckpt.parent), "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - t0, "checkpoint": str(ckpt), "step": policy.checkpoint_info["step"],
@@ -196,17 +253,26 @@ def suite_jobs(cfg: SuiteConfig) -> list[tuple[str, str | None, int | None]]:
 
 
 def run_suite(cfg: SuiteConfig, progress: bool = True, log=print) -> SuiteProgress:
-    """Run every job not yet in the results file, appending each result as it finishes."""
-    import torch
+    """Run every job not yet in the results file, appending each result as it finishes. Training runs with
+    cfg.threads torch threads (default: precision.default_threads(), restored afterwards); evaluation workers with
+    one each."""
+    from mfp.policies.training.precision import default_threads, threads_reason, torch_threads
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or default_threads()
+    log(cfg.precision().describe())
+    log(threads_reason(threads, given=cfg.threads is not None))
+    with torch_threads(threads):
+        return _run_jobs(cfg, progress, log)
+
+
+def _run_jobs(cfg: SuiteConfig, progress: bool, log) -> SuiteProgress:
     results = ResultsFile(cfg.results)
     report = SuiteProgress()
     jobs = suite_jobs(cfg)
     for n, (task, head, seed) in enumerate(jobs, start=1):
         key = job_key({"kind": "expert" if head is None else "policy", "task": task, "head": head, "seed": seed,
-                       "budget": cfg.expert_budget() if head is None else cfg.budget()})
+                       "budget": cfg.expert_budget() if head is None else cfg.budget(),
+                       "variant": None if head is None else cfg.row_variant(head)})
         name = f"{task} expert" if head is None else f"{task} {head} seed {seed}"
         if key in {job_key(r) for r in results.rows()}:
             report.skipped.append(name)
