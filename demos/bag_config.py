@@ -17,6 +17,8 @@
       - [0.0, 0.0, 0.0, 1.0]
     point_cloud: {crop_low: [0.2, -0.4, 0.01], crop_high: [0.9, 0.4, 0.6], num_points: 512}  # base-frame crop box
     max_staleness_s: 0.1                      # drop an action whose latest cloud or state is older than this
+    stamp_tolerance_s: 0.001                  # a sample stamped up to this much after the action still counts as
+                                              # "at or before" it (clocks that round differently; default 1 ms)
     episode_gap_s: 2.0                        # optional: a longer gap between actions starts a new episode
     time_source: header                       # header: header.stamp where a message has one; log: bag receive time
 
@@ -72,6 +74,7 @@ class BagImportConfig:
     state_joints: tuple[str, ...] | None = None
     action_joints: tuple[str, ...] | None = None
     max_staleness_s: float = 0.1
+    stamp_tolerance_s: float = 0.001  # "at or before t" means stamped <= t + stamp_tolerance_s
     episode_gap_s: float | None = None
     time_source: str = "header"
     source: str = "<config>"  # the YAML file, for error messages
@@ -100,7 +103,7 @@ class BagImportConfig:
             raise BagConfigError(f"{source}: expected a mapping of keys (task, topics, camera_to_base, ...), "
                                  f"got {type(data).__name__}")
         allowed = ("task", "topics", "camera_to_base", "point_cloud", "state_joints", "action_joints",
-                   "max_staleness_s", "episode_gap_s", "time_source")
+                   "max_staleness_s", "stamp_tolerance_s", "episode_gap_s", "time_source")
         _no_unknown_keys(data, allowed, "", source)
 
         task = data.get("task")
@@ -160,6 +163,10 @@ class BagImportConfig:
         staleness = data.get("max_staleness_s", 0.1)
         if not _is_number(staleness) or not math.isfinite(staleness) or staleness <= 0:
             raise fail("max_staleness_s", "a positive number of seconds", staleness)
+        tolerance = data.get("stamp_tolerance_s", 0.001)
+        if not _is_number(tolerance) or not math.isfinite(tolerance) or tolerance < 0:
+            raise fail("stamp_tolerance_s", "a number of seconds >= 0 (how much later than an action a sample may "
+                                            "be stamped and still count as at or before it)", tolerance)
         gap = data.get("episode_gap_s")
         if gap is not None and (not _is_number(gap) or not math.isfinite(gap) or gap <= 0):
             raise fail("episode_gap_s", "a positive number of seconds, or null for one episode per bag", gap)
@@ -170,6 +177,7 @@ class BagImportConfig:
         return cls(task=task.strip(), topics=TopicsConfig(**{k: v for k, v in topics.items() if v}),
                    camera_to_base=camera_to_base, point_cloud=point_cloud, state_joints=joints["state_joints"],
                    action_joints=joints["action_joints"], max_staleness_s=float(staleness),
+                   stamp_tolerance_s=float(tolerance),
                    episode_gap_s=None if gap is None else float(gap), time_source=time_source, source=source)
 
     # --- use ------------------------------------------------------------------------------------------------
@@ -188,7 +196,8 @@ class BagImportConfig:
             "point_cloud": self.point_cloud.to_dict(),
             "state_joints": None if self.state_joints is None else list(self.state_joints),
             "action_joints": None if self.action_joints is None else list(self.action_joints),
-            "max_staleness_s": self.max_staleness_s, "episode_gap_s": self.episode_gap_s,
+            "max_staleness_s": self.max_staleness_s, "stamp_tolerance_s": self.stamp_tolerance_s,
+            "episode_gap_s": self.episode_gap_s,
             "time_source": self.time_source,
         }
 

@@ -10,8 +10,10 @@ metadata.yaml + sqlite3 or mcap storage) is read by `rosbags` too.
 Time alignment (also written into the dataset's attrs, `time_alignment`):
     one frame per message on the action topic, at time t = its header stamp when it has one (JointState), else
     the bag's log time (Float64MultiArray has no header); observation = the latest point cloud and the latest
-    state stamped <= t (never a later sample), each at most `max_staleness_s` older than t, else the frame is
-    dropped and counted. `time_source: log` uses the bag's log time for every topic instead of header stamps.
+    state stamped <= t + `stamp_tolerance_s` (at or before t; the tolerance, 1 ms by default, absorbs clocks
+    that round differently: an action logged 1 ns before the header stamp of the cloud recorded for it still
+    gets that cloud, never the previous one), each at most `max_staleness_s` older than t, else the frame is
+    dropped and counted per reason. `time_source: log` uses the bag's log time for every topic instead of header stamps.
     data/timestamp, data/point_cloud_timestamp, data/state_timestamp hold the three times of each frame
     (float64 seconds).
 
@@ -62,7 +64,8 @@ ROLE_TYPES = {
     "state": ("sensor_msgs/JointState",),
     "action": ("std_msgs/Float64MultiArray", "std_msgs/Float32MultiArray", "sensor_msgs/JointState"),
 }
-TIME_ALIGNMENT = ("action t uses the latest cloud and state stamped <= t (never a later sample), each at most "
+TIME_ALIGNMENT = ("action t uses the latest cloud and state stamped <= t + stamp_tolerance_s (at or before t, "
+                  "within the tolerance for clocks that round differently; never a later sample), each at most "
                   "max_staleness_s older, else the frame is dropped; t = the action message's header stamp when it "
                   "has one, else the bag's log time (with time_source 'log': the log time of every message)")
 
@@ -413,12 +416,14 @@ class _Importer:
     def read_clouds(self) -> None:
         cfg, topic = self.config, self.config.topics.cloud_topic
         stale_ns = int(round(cfg.max_staleness_s * 1e9))
+        tol_ns = int(round(cfg.stamp_tolerance_s * 1e9))
         action_times = np.sort(np.asarray(self.action.times, dtype=np.int64))
 
         def needed(lo: int, hi_exclusive: int | None) -> bool:
-            """Whether some action time lies in [lo, min(hi_exclusive, lo + staleness)] (inclusive staleness)."""
-            hi = lo + stale_ns if hi_exclusive is None else min(hi_exclusive - 1, lo + stale_ns)
-            i = int(np.searchsorted(action_times, lo, side="left"))
+            """Whether a cloud stamped `lo`, the latest until `hi_exclusive`, is the fresh observation of some action:
+            an action time a with lo - tolerance <= a <= lo + staleness and a + tolerance < hi_exclusive."""
+            hi = lo + stale_ns if hi_exclusive is None else min(hi_exclusive - tol_ns - 1, lo + stale_ns)
+            i = int(np.searchsorted(action_times, lo - tol_ns, side="left"))
             return i < len(action_times) and action_times[i] <= hi
 
         camera = None
@@ -471,6 +476,7 @@ class _Importer:
         """Episodes of aligned frames, and the number of action messages dropped per reason."""
         cfg = self.config
         stale_ns = int(round(cfg.max_staleness_s * 1e9))
+        tol_ns = int(round(cfg.stamp_tolerance_s * 1e9))
         a_times = np.asarray(self.action.times, dtype=np.int64)
         a_order = np.argsort(a_times, kind="stable")
         a_times = a_times[a_order]
@@ -480,7 +486,7 @@ class _Importer:
             t = np.asarray(times, dtype=np.int64)
             order = np.argsort(t, kind="stable")
             t_sorted = t[order]
-            j = np.searchsorted(t_sorted, a_times, side="right") - 1
+            j = np.searchsorted(t_sorted, a_times + tol_ns, side="right") - 1  # stamped at or before t (+ tolerance)
             found = j >= 0
             idx = np.where(found, order[np.maximum(j, 0)], -1)
             obs_t = np.where(found, t_sorted[np.maximum(j, 0)], 0)

@@ -25,15 +25,20 @@ topics YAML (--config), every key:
     crop_high: [0.9, 0.4, 0.6]
     num_points: 512
   max_staleness_s: 0.1                       # an action is kept only if its cloud and state are at most this old
+  stamp_tolerance_s: 0.001                   # optional: a sample stamped up to this much after an action still
+                                             #   counts as at or before it (clocks that round differently; >= 0,
+                                             #   default 1 ms; 0: strictly <= t)
   episode_gap_s: 2.0                         # optional: a longer pause between actions starts a new episode
                                              #   (default: the whole file is one episode)
   time_source: header                        # header: header.stamp where a message has one, else the log time;
                                              #   log: the bag's log (receive) time for every topic
 
 Time alignment: one frame per action message at time t; its observation is the latest point cloud and the
-latest state stamped <= t (never a later one). data/timestamp, data/point_cloud_timestamp and
-data/state_timestamp hold the three times (float64 s); the dataset's attrs record the calibration, the
-topics, the message counts and the frames dropped as stale.
+latest state stamped <= t + stamp_tolerance_s (at or before t; never a later one), each at most
+max_staleness_s old, else the frame is dropped and counted per reason. data/timestamp,
+data/point_cloud_timestamp and data/state_timestamp hold the three times (float64 s; an observation's may
+lie up to stamp_tolerance_s after the action's); the dataset's attrs record the calibration, the topics, the
+message counts and the frames dropped per reason.
 """
 
 

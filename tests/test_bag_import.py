@@ -320,6 +320,65 @@ def test_mcap_with_ros2_point_clouds(tmp_path, monkeypatch):
     assert attrs["sources"][0]["message_counts"] == {"/joint_states": 10, "/action": 11, "/points": 9}
 
 
+def _write_ros2_mcap_rounded_stamps(path):
+    """10 frames, 100 ms apart: actions without a header (Float64MultiArray, so their log time t counts); the cloud
+    and the state recorded for frame k are header-stamped 1 ns AFTER t for even k (a clock that rounds the other
+    way), 1 ms before t for odd k. Returns the observation stamps."""
+    from mcap_ros2.writer import Writer
+
+    stamps = []
+    with open(path, "wb") as f, Writer(f) as writer:
+        schemas = _ros2_schemas(writer)
+        msgs = []
+        for k in range(10):
+            t = T0 + k * S // 10
+            stamp = t + 1 if k % 2 == 0 else t - 1_000_000
+            stamps.append(stamp)
+            data, meta = _cloud_bytes(k)
+            msgs.append(("/points", "sensor_msgs/msg/PointCloud2",
+                         {"header": _stamp2(stamp), "height": meta["height"], "width": meta["width"],
+                          "fields": [{"name": n, "offset": o, "datatype": d, "count": 1} for n, o, d in meta["fields"]],
+                          "is_bigendian": False, "point_step": meta["point_step"], "row_step": meta["row_step"],
+                          "data": data, "is_dense": False}, stamp + 5_000_000))
+            msgs.append(("/joint_states", "sensor_msgs/msg/JointState",
+                         {"header": _stamp2(stamp), "name": ["a", "b"], "position": [float(k), -float(k)],
+                          "velocity": [], "effort": []}, stamp + 1_000_000))
+            msgs.append(("/action", "std_msgs/msg/Float64MultiArray",
+                         {"layout": {"dim": [], "data_offset": 0}, "data": [k, 10.0 * k, 100.0 * k]}, t))
+        for topic, schema, msg, log in sorted(msgs, key=lambda m: m[3]):
+            writer.write_message(topic, schemas[schema], msg, log_time=log, publish_time=log)
+    return stamps
+
+
+def test_stamps_a_few_nanoseconds_after_the_action_count_as_at_or_before(tmp_path):
+    """Issue 12 part 5: an action logged 1 ns before the header stamp of the cloud recorded for it took the previous
+    cloud (then 101 ms old: stale) and the frame was dropped. With the default stamp_tolerance_s (1 ms), and with a
+    tolerance of exactly 1 ns (the bound is inclusive), every frame keeps its own cloud and state; with 0, the even
+    frames are dropped as before, counted per reason."""
+    path = tmp_path / "rounded.mcap"
+    stamps = _write_ros2_mcap_rounded_stamps(path)
+    assert BagImportConfig.from_dict(_mcap_config()).stamp_tolerance_s == 0.001
+    for name, over in [("default", {}), ("one_ns", {"stamp_tolerance_s": 1e-9})]:
+        report = import_bag(path, tmp_path / f"{name}.zarr", _mcap_config(**over), progress=False)
+        assert report.frames_added == 10 and not any(report.dropped.values()), (name, report.summary())
+        store = DemoStore.open(tmp_path / f"{name}.zarr")
+        np.testing.assert_array_equal(store.read("action"), [[k, 10.0 * k, 100.0 * k] for k in range(10)])
+        np.testing.assert_array_equal(store.read("state"), [[k, -k] for k in range(10)])
+        np.testing.assert_allclose(store.read("point_cloud_timestamp"), np.asarray(stamps) / S, rtol=0, atol=1e-6)
+        for cloud, k in zip(store.read("point_cloud"), range(10)):  # cloud k's own points, not cloud k - 1's
+            d = np.linalg.norm(cloud[:, None] - _marked_cloud_base(k)[None], axis=-1).min(axis=1)
+            assert d.max() < 1e-5, (name, k)
+        assert store.attrs["sources"][0]["config"]["stamp_tolerance_s"] == over.get("stamp_tolerance_s", 0.001)
+    report = import_bag(path, tmp_path / "strict.zarr", _mcap_config(stamp_tolerance_s=0), progress=False)
+    assert report.dropped == {"with_no_earlier_point_cloud": 1, "with_a_stale_point_cloud": 4,
+                              "with_no_earlier_state": 0, "with_a_stale_state": 0}
+    assert "dropped 5 of 10 action messages: 1 with no earlier point cloud, 4 with a stale point cloud" in \
+        report.summary()
+    store = DemoStore.open(tmp_path / "strict.zarr")
+    np.testing.assert_array_equal(store.read("state"), [[k, -k] for k in (1, 3, 5, 7, 9)])
+    assert store.attrs["sources"][0]["dropped"] == report.dropped
+
+
 def test_mcap_with_ros1_messages_and_joint_state_actions(tmp_path):
     """ROS 1 messages in an MCAP (genpy decoding), JointState actions with header stamps, joints selected by name."""
     from mcap.writer import Writer
@@ -520,6 +579,8 @@ def test_stale_observations_are_dropped_and_counted(tmp_path):
     ({"point_cloud": {"crop_low": [0, 0], "crop_high": [1, 1, 1]}}, r"key 'point_cloud.crop_low': expected 3 numbers"),
     ({"point_cloud": {"crop_low": [1, 1, 1], "crop_high": [0, 0, 0]}}, r"key 'point_cloud': .*crop box is empty"),
     ({"max_staleness_s": -1}, r"key 'max_staleness_s': expected a positive number of seconds, got -1"),
+    ({"stamp_tolerance_s": -0.001}, r"key 'stamp_tolerance_s': expected a number of seconds >= 0 .*, got -0.001"),
+    ({"stamp_tolerance_s": "1ms"}, r"key 'stamp_tolerance_s': expected a number of seconds >= 0 .*, got '1ms'"),
     ({"state_joints": "a"}, r"key 'state_joints': expected a list of distinct joint names"),
     ({"time_source": "bag"}, r"key 'time_source': expected 'header'"),
     ({"stalenes": 1}, r"unknown key 'stalenes'"),
