@@ -7,7 +7,8 @@ preprocessing, policy, and total, as p50 / p99 over `calls` calls after `warmup`
 the task's camera (a real scene), the normaliser is fitted on its cloud; weights are random (latency does not
 depend on them). On CUDA: torch.cuda.synchronize() before each clock read, and three variants: eager,
 torch.compile, torch.compile with CUDA graphs (mode "reduce-overhead"). MeanFlow's speed-up over DP3-DDIM10 is
-the ratio of p50s measured in the same run. Prints a table, saves JSON with provenance.
+the ratio of p50s measured in the same run. The JSON records the CPU (torch's capability string, whether it
+computes in bfloat16 natively: precision.cpu_info). Prints a table, saves JSON with provenance.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from mfp.demos.provenance import provenance
+from mfp.policies.training.precision import INFERENCE_THREADS, cpu_info
 
 from .bench_report import save_and_print
 
@@ -110,7 +112,7 @@ def _actor(policy, variant: str):
 
 
 def bench_latency(heads=HEADS, presets=("small",), calls: int = 200, warmup: int = 20, task: str = "metaworld/reach",
-                  devices=None, compile_cuda: bool = True, compile_cpu: bool = False, threads=(1,),
+                  devices=None, compile_cuda: bool = True, compile_cpu: bool = False, threads=(INFERENCE_THREADS,),
                   out="runs/bench/latency.json", verbose: bool = True) -> dict:
     """threads: torch CPU thread counts to time on CPU (an int, a sequence, or None for torch's current setting);
     CUDA runs use the first. Batch-1 inference is per-op overhead bound: one thread avoids OpenMP hand-offs."""
@@ -171,7 +173,7 @@ def bench_latency(heads=HEADS, presets=("small",), calls: int = 200, warmup: int
         "what": "observation -> action latency at batch 1, preprocessing of a rendered depth image included",
         "settings": {"task": task, "depth_shape": list(depth.shape), "n_points": pc_config.num_points,
                      "calls": calls, "warmup": warmup, "presets": list(presets), "heads": list(heads),
-                     "devices": devices, "threads": threads,
+                     "devices": devices, "threads": threads, "cpu": cpu_info().to_dict(),
                      "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "preprocess_ms": preprocess, "rows": rows, "meanflow_speedup_over_dp3": speedups, "targets": TARGETS,
         "provenance": provenance(),
@@ -197,7 +199,9 @@ def _row_line(r: dict) -> str:
 
 def format_table(result: dict) -> str:
     p = result["preprocess_ms"]
-    lines = [f"preprocessing (depth {result['settings']['depth_shape']} -> {result['settings']['n_points']} points): "
+    cpu = result["settings"].get("cpu") or {}
+    lines = [f"CPU: torch capability {cpu.get('cpu_capability')}, native bf16 {cpu.get('bf16_native')}",
+             f"preprocessing (depth {result['settings']['depth_shape']} -> {result['settings']['n_points']} points): "
              f"p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms",
              f"{'dev':5} {'variant':19} {'thr':>3} {'preset':6} {'head':14} {'NFE':>4} {'policy p50':>9} {'p99':>9} "
              f"{'total p50':>9} {'p99':>9}   (ms)"]

@@ -8,7 +8,10 @@ load; each ratio is the median of the per-round ratios. Also timed in the same r
 on a fixed condition (forward + backward: the JVP's cost without the encoder that all heads share).
 Random weights: step time does not depend on what the network has learnt. On CPU the table is measured with
 heap reuse on, as training runs (policies/training/cpu_memory.py), and the encoder and the first head's step are
-also timed with glibc's default allocator in the same rounds (before / after). Prints a table, saves JSON.
+also timed with glibc's default allocator in the same rounds (before / after). Several precisions and thread
+counts are timed in the same interleaved rounds too (ratios under the same load). The JSON records the CPU
+(torch's capability string, whether it computes in bfloat16 natively: precision.cpu_info). `concurrent`: also
+what two runs at once cost each other (concurrent_cost). Prints a table, saves JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from mfp.demos.normalizer import MinMaxNormalizer
 from mfp.demos.provenance import provenance
+from mfp.policies.training.precision import autocast, available_cores, cpu_info, default_threads, resolve_amp
 
 from .bench_report import save_and_print
 
@@ -68,7 +72,7 @@ class _Stepper:
         self.n_params = sum(p.numel() for p in self.policy.parameters())
 
     def _autocast(self):
-        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.amp == "bf16")
+        return autocast(self.device, self.amp)
 
     def step(self) -> float:
         _sync(self.device)
@@ -114,84 +118,141 @@ class _Stepper:
         return dt
 
 
+def _thread_list(threads) -> list[int]:
+    if threads is None:
+        return [default_threads()]
+    counts = [threads] if isinstance(threads, int) else list(dict.fromkeys(int(t) for t in threads))
+    if not counts or min(counts) < 1:
+        raise ValueError(f"bench train needs thread counts >= 1, got {threads!r}")
+    return counts
+
+
+def _amp_list(amps, device: str) -> tuple[list[str], dict]:
+    """Resolved precisions ("auto" -> none or bf16 for this device), without repeats, and what each "auto" became."""
+    resolved, auto = [], {}
+    for amp in amps:
+        choice = resolve_amp(amp, device, warn=False)
+        if amp == "auto":
+            auto = choice.to_dict()
+        if choice.amp not in resolved:
+            resolved.append(choice.amp)
+    return resolved, auto
+
+
 def bench_train(heads=HEADS, preset: str = "small", batch_size: int = 64, n_points: int = 512, steps: int = 5,
-                warmup: int = 2, amps=("none", "bf16"), dispersive_weight: float = 0.0, threads: int | None = None,
-                device: str = "cpu", out="runs/bench/train.json", verbose: bool = True) -> dict:
+                warmup: int = 2, amps=("none", "bf16"), dispersive_weight: float = 0.0, threads=None,
+                device: str = "cpu", out="runs/bench/train.json", verbose: bool = True, concurrent: bool = False,
+                concurrent_rounds: int = 2) -> dict:
+    """threads: a torch CPU thread count, or several (timed interleaved in the same rounds), or None for
+    precision.default_threads(). amps: "none", "bf16", "auto" (resolved for this device). Every (precision, thread
+    count) configuration is timed in the same interleaved rounds, so their ratios compare steps under the same
+    machine load. concurrent: also measure what two runs at once cost each other (concurrent_cost)."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"bench train needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: this torch build sees no CUDA GPU")
-    if threads is not None:
-        torch.set_num_threads(threads)
     from mfp.policies.training.cpu_memory import reuse_freed_cpu_memory
+
+    thread_counts = _thread_list(threads)
+    amp_list, auto = _amp_list(amps, device)
+    multi = len(thread_counts) > 1
+    configs = [(amp, t) for amp in amp_list for t in thread_counts]
+
+    def label(amp: str, t: int) -> str:
+        return f"{amp}, {t} threads" if multi else amp
 
     batch = synthetic_batch(batch_size, n_points, device=device)
     # Training reuses freed heap memory on CPU (TrainConfig.reuse_cpu_memory); it is compared with glibc's default.
     alloc_compare = device == "cpu" and reuse_freed_cpu_memory(True)
     rows, ratios, allocator = [], {}, {}
-    for amp in amps:
-        steppers = {h: _Stepper(h, preset, batch, amp, dispersive_weight, device) for h in heads}
-        enc = next(iter(steppers.values()))
-        for s in steppers.values():
+    threads_before = torch.get_num_threads()
+    try:
+        steppers = {amp: {h: _Stepper(h, preset, batch, amp, dispersive_weight, device) for h in heads}
+                    for amp in amp_list}
+        first = heads[0]
+        for amp, t in configs:
+            torch.set_num_threads(t)
+            for s in steppers[amp].values():
+                for _ in range(warmup):
+                    s.step()
+                    s.head_step()
             for _ in range(warmup):
-                s.step()
-                s.head_step()
-        for _ in range(warmup):
-            enc.encoder_step()
-        times: dict[str, list[float]] = {h: [] for h in heads}
-        times["encoder"] = []
-        head_times: dict[str, list[float]] = {h: [] for h in heads}
-        default_alloc: dict[str, list[float]] = {"encoder": [], "step": []}
-        for _ in range(steps):                     # interleaved rounds: paired measurements under the same load
-            for h, s in steppers.items():
-                times[h].append(s.step())
-                head_times[h].append(s.head_step())
-            times["encoder"].append(enc.encoder_step())
-            if alloc_compare:                      # the same computation with glibc's default allocator
-                reuse_freed_cpu_memory(False)
-                default_alloc["encoder"].append(enc.encoder_step())
-                default_alloc["step"].append(enc.step())
-                reuse_freed_cpu_memory(True)
+                steppers[amp][first].encoder_step()
+        times = {c: {h: [] for h in (*heads, "encoder")} for c in configs}
+        head_times = {c: {h: [] for h in heads} for c in configs}
+        default_alloc = {c: {"encoder": [], "step": []} for c in configs}
+        for _ in range(steps):                 # interleaved rounds: paired measurements under the same load
+            for c in configs:
+                amp, t = c
+                torch.set_num_threads(t)
+                for h, s in steppers[amp].items():
+                    times[c][h].append(s.step())
+                    head_times[c][h].append(s.head_step())
+                enc = steppers[amp][first]
+                times[c]["encoder"].append(enc.encoder_step())
+                if alloc_compare:              # the same computation with glibc's default allocator
+                    reuse_freed_cpu_memory(False)
+                    default_alloc[c]["encoder"].append(enc.encoder_step())
+                    default_alloc[c]["step"].append(enc.step())
+                    reuse_freed_cpu_memory(True)
+        n_params = {h: steppers[amp_list[0]][h].n_params for h in heads}
+        del steppers
+    finally:
+        torch.set_num_threads(threads_before)
         if alloc_compare:
-            first = next(iter(steppers))
-            allocator[amp] = {
-                "encoder_ms_default": round(1000 * float(np.median(default_alloc["encoder"])), 1),
-                "encoder_ms_heap_reuse": round(1000 * float(np.median(times["encoder"])), 1),
-                f"{first}_step_ms_default": round(1000 * float(np.median(default_alloc["step"])), 1),
-                f"{first}_step_ms_heap_reuse": round(1000 * float(np.median(times[first])), 1)}
-        enc_ms = 1000 * float(np.median(times["encoder"]))
+            reuse_freed_cpu_memory(False)
+
+    def med(x) -> float:
+        return 1000 * float(np.median(x))
+
+    for c in configs:
+        amp, t = c
+        if alloc_compare:
+            allocator[label(amp, t)] = {
+                "encoder_ms_default": round(med(default_alloc[c]["encoder"]), 1),
+                "encoder_ms_heap_reuse": round(med(times[c]["encoder"]), 1),
+                f"{first}_step_ms_default": round(med(default_alloc[c]["step"]), 1),
+                f"{first}_step_ms_heap_reuse": round(med(times[c][first]), 1)}
+        enc_ms = med(times[c]["encoder"])
         for h in heads:
-            ms = 1000 * np.asarray(times[h])
-            rows.append({"amp": amp, "head": h, "preset": preset, "batch_size": batch_size, "n_points": n_points,
-                         "params": steppers[h].n_params, "step_ms_median": round(float(np.median(ms)), 1),
-                         "step_ms_min": round(float(ms.min()), 1),
+            ms = 1000 * np.asarray(times[c][h])
+            rows.append({"amp": amp, "threads": t, "head": h, "preset": preset, "batch_size": batch_size,
+                         "n_points": n_points, "params": n_params[h],
+                         "step_ms_median": round(float(np.median(ms)), 1), "step_ms_min": round(float(ms.min()), 1),
                          "samples_per_s": round(batch_size / (float(np.median(ms)) / 1000), 1),
-                         "head_unet_ms_median": round(1000 * float(np.median(head_times[h])), 1),
+                         "head_unet_ms_median": round(med(head_times[c][h]), 1),
                          "encoder_ms_median": round(enc_ms, 1),
                          "encoder_share": round(enc_ms / float(np.median(ms)), 3)})
-        per_round = {h: np.asarray(times[h]) for h in times}
+        per_round = {h: np.asarray(v) for h, v in times[c].items()}
         r = {}
         for other in ("flowpolicy", "splitmeanflow", "dp3"):
             if "meanflow" in heads and other in heads:
                 r[f"meanflow_over_{other}"] = round(float(np.median(per_round["meanflow"] / per_round[other])), 2)
-                head_only = np.asarray(head_times["meanflow"]) / np.asarray(head_times[other])
+                head_only = np.asarray(head_times[c]["meanflow"]) / np.asarray(head_times[c][other])
                 r[f"meanflow_over_{other}_head_unet_only"] = round(float(np.median(head_only)), 2)
-        ratios[amp] = r
-        del steppers
-    bf16_speedup = {}
-    if "none" in amps and "bf16" in amps:
-        for h in heads:
-            a = next(x for x in rows if x["amp"] == "none" and x["head"] == h)["step_ms_median"]
-            b = next(x for x in rows if x["amp"] == "bf16" and x["head"] == h)["step_ms_median"]
-            bf16_speedup[h] = round(a / b, 2)
+        ratios[label(amp, t)] = r
+    bf16_speedup = {}                          # median over rounds of (fp32 step / bf16 step), paired per round
+    if "none" in amp_list and "bf16" in amp_list:
+        for t in thread_counts:
+            for h in heads:
+                paired = np.asarray(times[("none", t)][h]) / np.asarray(times[("bf16", t)][h])
+                bf16_speedup[f"{h}, {t} threads" if multi else h] = round(float(np.median(paired)), 2)
+    thread_ratio = {}                          # median over rounds of (step at the first count / step at another)
+    for amp in amp_list:
+        for t in thread_counts[1:]:
+            for h in heads:
+                paired = np.asarray(times[(amp, thread_counts[0])][h]) / np.asarray(times[(amp, t)][h])
+                thread_ratio[f"{amp}, {h}: {thread_counts[0]} threads over {t}"] = round(float(np.median(paired)), 2)
     result = {
         "what": "training step (forward + backward + AdamW) per head, synthetic batches, random weights",
         "settings": {"preset": preset, "batch_size": batch_size, "n_points": n_points, "n_obs_steps": 2, "horizon": 4,
-                     "steps": steps, "warmup": warmup, "amps": list(amps), "dispersive_weight": dispersive_weight,
-                     "device": device, "torch_threads": torch.get_num_threads(),
-                     "heap_reuse": bool(alloc_compare)},
-        "rows": rows, "ratios": ratios, "bf16_speedup": bf16_speedup, "allocator": allocator, "targets": TARGETS,
-        "provenance": provenance(),
+                     "steps": steps, "warmup": warmup, "amps": amp_list, "amp_auto": auto or None,
+                     "dispersive_weight": dispersive_weight, "device": device,
+                     "torch_threads": thread_counts[0] if not multi else thread_counts,
+                     "heap_reuse": bool(alloc_compare), "interleaved": [label(a, t) for a, t in configs]},
+        "cpu": cpu_info().to_dict(), "available_cores": available_cores(),
+        "rows": rows, "ratios": ratios, "bf16_speedup": bf16_speedup, "thread_ratio": thread_ratio,
+        "allocator": allocator, "targets": TARGETS, "provenance": provenance(),
     }
     mf = [x for x in rows if x["head"] == "meanflow"]
     if mf:
@@ -201,23 +262,132 @@ def bench_train(heads=HEADS, preset: str = "small", batch_size: int = 64, n_poin
                            if preset == "small" and batch_size == 64 else None,
                            "meanflow_le_2x_flowpolicy": {a: r.get("meanflow_over_flowpolicy", float("nan")) <= 2.0
                                                          for a, r in ratios.items() if "meanflow_over_flowpolicy" in r}}
-    if alloc_compare:
-        reuse_freed_cpu_memory(False)
+    if concurrent:
+        result["concurrent"] = concurrent_cost(heads[0], preset, batch_size, n_points, steps, warmup, amp_list[0],
+                                               dispersive_weight, device, rounds=concurrent_rounds, verbose=verbose)
     return save_and_print(result, out, format_table(result) if verbose else None, verbose)
 
 
+# --- two runs at once ------------------------------------------------------------------------------------------
+def _concurrent_child(spec: dict, start, finished, n_procs: int, results) -> None:
+    """One copy of the step benchmark: warm up, wait for every copy, time `steps` steps, then keep stepping
+    (untimed) until every copy has its timings, so that each copy is timed under the others' full load."""
+    torch.set_num_threads(spec["threads"])
+    from mfp.policies.training.cpu_memory import reuse_freed_cpu_memory
+
+    if spec["device"] == "cpu":
+        reuse_freed_cpu_memory(True)
+    batch = synthetic_batch(spec["batch_size"], spec["n_points"], device=spec["device"])
+    s = _Stepper(spec["head"], spec["preset"], batch, spec["amp"], spec["dispersive_weight"], spec["device"])
+    for _ in range(spec["warmup"]):
+        s.step()
+    start.wait()
+    times = [s.step() for _ in range(spec["steps"])]
+    with finished.get_lock():
+        finished.value += 1
+    while finished.value < n_procs:
+        s.step()
+    results.put(times)
+
+
+def _run_copies(spec: dict, n_procs: int, timeout_s: float = 1800.0) -> list[list[float]]:
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")
+    start, finished, results = ctx.Barrier(n_procs), ctx.Value("i", 0), ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_child, args=(spec, start, finished, n_procs, results), daemon=True)
+             for _ in range(n_procs)]
+    for p in procs:
+        p.start()
+    try:
+        out = []
+        for _ in procs:
+            try:
+                out.append(results.get(timeout=timeout_s))
+            except queue.Empty:
+                raise RuntimeError(f"bench train --concurrent: a benchmark process gave no timings within "
+                                   f"{timeout_s:.0f} s (exit codes {[p.exitcode for p in procs]})") from None
+        return out
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+
+
+def concurrent_cost(head: str = "meanflow", preset: str = "small", batch_size: int = 64, n_points: int = 512,
+                    steps: int = 5, warmup: int = 2, amp: str = "none", dispersive_weight: float = 0.0,
+                    device: str = "cpu", thread_counts=None, rounds: int = 2, verbose: bool = True) -> dict:
+    """What two training runs at once cost each other: the step benchmark of `head` in one process alone, then in
+    two processes at once (timed over the same window), for each thread count (default: 1 and
+    precision.default_threads(), the two a user chooses between), in `rounds` interleaved rounds (alone, two, per
+    count) so that outside load falls on both alike. slowdown = median step of the two at once / median step alone;
+    threads_1_over_default_concurrent < 1 means one thread per run is faster when two runs share the machine."""
+    if rounds < 1:
+        raise ValueError(f"concurrent rounds must be >= 1, got {rounds}")
+    counts = list(dict.fromkeys(thread_counts or (1, default_threads())))
+    spec = {"head": head, "preset": preset, "batch_size": batch_size, "n_points": n_points, "steps": steps,
+            "warmup": warmup, "amp": amp, "dispersive_weight": dispersive_weight, "device": device}
+    alone = {t: [] for t in counts}
+    pair = {t: [[], []] for t in counts}
+    for r in range(rounds):
+        for t in counts:
+            alone[t] += _run_copies({**spec, "threads": t}, 1)[0]
+            a, b = _run_copies({**spec, "threads": t}, 2)
+            pair[t][0] += a
+            pair[t][1] += b
+            if verbose:
+                print(f"concurrent round {r + 1}/{rounds}, {t} threads: alone {1000 * np.median(alone[t]):.0f} ms, "
+                      f"two at once {1000 * np.median(a):.0f} / {1000 * np.median(b):.0f} ms", flush=True)
+    rows = []
+    for t in counts:
+        both = pair[t][0] + pair[t][1]
+        rows.append({"threads": t, "alone_step_ms_median": round(1000 * float(np.median(alone[t])), 1),
+                     "concurrent_step_ms_median": round(1000 * float(np.median(both)), 1),
+                     "concurrent_step_ms_median_per_process": [round(1000 * float(np.median(x)), 1)
+                                                               for x in pair[t]],
+                     "slowdown": round(float(np.median(both) / np.median(alone[t])), 2)})
+    result = {"what": f"{head} training step ({amp}, {preset}, batch {batch_size}): one process alone vs two "
+                      f"processes at once, each with the same thread count; {steps} timed steps per process per "
+                      f"round, {rounds} rounds",
+              "available_cores": available_cores(), "rows": rows}
+    by_t = {row["threads"]: row for row in rows}
+    if len(counts) > 1 and 1 in by_t:
+        other = next(t for t in counts if t != 1)
+        result[f"threads_1_over_{other}_concurrent"] = round(by_t[1]["concurrent_step_ms_median"]
+                                                             / by_t[other]["concurrent_step_ms_median"], 2)
+        result[f"threads_1_over_{other}_alone"] = round(by_t[1]["alone_step_ms_median"]
+                                                        / by_t[other]["alone_step_ms_median"], 2)
+    return result
+
+
 def format_table(result: dict) -> str:
-    lines = [f"{'amp':5} {'head':14} {'params':>9} {'step ms (med)':>13} {'min':>8} {'samples/s':>10} "
+    cpu = result.get("cpu") or {}
+    lines = [f"CPU: torch capability {cpu.get('cpu_capability')}, native bf16 {cpu.get('bf16_native')} "
+             f"({cpu.get('reason')}); {result.get('available_cores')} cores available",
+             f"{'amp':5} {'thr':>3} {'head':14} {'params':>9} {'step ms (med)':>13} {'min':>8} {'samples/s':>10} "
              f"{'head+UNet ms':>12} {'encoder ms':>10} {'enc share':>9}"]
     for x in result["rows"]:
-        lines.append(f"{x['amp']:5} {x['head']:14} {x['params']:>9} {x['step_ms_median']:>13.1f} "
-                     f"{x['step_ms_min']:>8.1f} {x['samples_per_s']:>10.1f} {x['head_unet_ms_median']:>12.1f} "
-                     f"{x['encoder_ms_median']:>10.1f} {x['encoder_share']:>9.2f}")
+        lines.append(f"{x['amp']:5} {x.get('threads', ''):>3} {x['head']:14} {x['params']:>9} "
+                     f"{x['step_ms_median']:>13.1f} {x['step_ms_min']:>8.1f} {x['samples_per_s']:>10.1f} "
+                     f"{x['head_unet_ms_median']:>12.1f} {x['encoder_ms_median']:>10.1f} {x['encoder_share']:>9.2f}")
     for amp, r in result["ratios"].items():
         lines.append(f"ratios ({amp}): " + ", ".join(f"{k} {v}" for k, v in r.items()))
     for amp, a in result.get("allocator", {}).items():
         lines.append(f"allocator ({amp}): glibc default vs heap reuse: " + ", ".join(f"{k} {v}" for k, v in a.items()))
     if result.get("bf16_speedup"):
-        lines.append("bf16 speed-up (fp32 / bf16 step): "
+        lines.append("bf16 speed-up (fp32 / bf16 step, paired per round): "
                      + ", ".join(f"{k} {v}" for k, v in result["bf16_speedup"].items()))
+    for k, v in (result.get("thread_ratio") or {}).items():
+        lines.append(f"step time {k}: {v}")
+    conc = result.get("concurrent")
+    if conc:
+        lines.append(f"two runs at once ({conc['what']}):")
+        for row in conc["rows"]:
+            lines.append(f"  {row['threads']} threads: alone {row['alone_step_ms_median']} ms, two at once "
+                         f"{row['concurrent_step_ms_median']} ms per step (slowdown {row['slowdown']}x)")
+        for k, v in conc.items():
+            if k.startswith("threads_1_over"):
+                lines.append(f"  {k}: {v}")
     return "\n".join(lines)

@@ -32,7 +32,11 @@ def eval_parser(sub) -> None:
                    help="comma-separated evaluation seed sets, e.g. 0,1,2: success is reported as mean +- std over "
                         "them (default: 0)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes, each with its own environment and policy copy (default: CPU count)")
+                   help="worker processes, each with its own environment and policy copy (default: the cores this "
+                        "process may use); 1 runs the episodes in this process")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per worker, this process included when --workers is 1 (default: 1; "
+                        "batch-1 inference gains little from more, and loses much on a shared machine)")
     p.add_argument("--videos", type=int, default=2, help="episodes recorded as videos, 0 for none (default: 2)")
     p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4", help="video format (default: mp4)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the training weights instead of the EMA weights")
@@ -91,12 +95,11 @@ def check_eval_outputs(results, side, videos: int) -> None:
 
 
 def _eval_run(args) -> int:
-    import os
-
     from mfp.demos.atomic import atomic_write_json
     from mfp.demos.provenance import provenance
     from mfp.demos.seeds import eval_seed_set
     from mfp.policies.training.checkpoint import load_policy, resolve_checkpoint_path
+    from mfp.policies.training.precision import available_cores
 
     from .evaluator import evaluate, resolve_task, save_observation_picture
 
@@ -107,7 +110,7 @@ def _eval_run(args) -> int:
     if args.expert and not args.task:
         raise ValueError("--expert needs --task, e.g. --task metaworld/drawer-open")
     seed_sets = parse_seed_sets(args.seeds)
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or available_cores()
     policy, ckpt = None, None
     if args.ckpt is not None:
         ckpt = resolve_checkpoint_path(args.ckpt)
@@ -118,7 +121,8 @@ def _eval_run(args) -> int:
     task, point_cloud = resolve_task(policy, args.task, None)
     result = evaluate(policy, task, {k: eval_seed_set(k, args.episodes) for k in seed_sets}, device=args.device,
                       progress=not args.no_progress, point_cloud=point_cloud, workers=workers,
-                      video_dir=out_dir / "videos", n_videos=args.videos, video_format=args.video_format)
+                      video_dir=out_dir / "videos", n_videos=args.videos, video_format=args.video_format,
+                      threads=args.threads)
     first_seed = result["episodes"][0]["seed"]
     result["point_cloud_picture"] = str(save_observation_picture(task, point_cloud, first_seed,
                                                                  out_dir / "point_cloud.png"))

@@ -59,15 +59,19 @@ def train_parser(sub) -> None:
     t.add_argument("--keep-checkpoints", type=int, default=None,
                    help="periodic checkpoints to keep besides last.safetensors, 0 for all (default: 0)")
     t.add_argument("--log-every", type=int, default=None, help="steps between TensorBoard scalars (default: 10)")
-    t.add_argument("--amp", choices=("none", "bf16"), default=None,
-                   help="bf16: bfloat16 autocast (the MeanFlow JVP stays float32) (default: none)")
+    t.add_argument("--amp", choices=("auto", "none", "bf16"), default=None,
+                   help="precision: auto = bfloat16 autocast where the device runs it natively (CUDA with bf16, a "
+                        "CPU with AVX-512 BF16 or AMX), float32 otherwise; none = float32; bf16 = bfloat16 autocast "
+                        "(the MeanFlow JVP stays float32; slow on CPUs without native bf16). The choice and its "
+                        "reason are printed and saved in the run (default: auto; a resumed run keeps its own)")
     t.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default: 0)")
     t.add_argument("--max-nonfinite-steps", type=int, default=None,
                    help="stop after this many consecutive non-finite losses (default: 10)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="where to train; auto: cuda when available (default: auto)")
     t.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy machine)")
+                   help="torch CPU threads (default: the cores this process may use, less one per DataLoader "
+                        "worker; 1 is faster when other jobs share the machine)")
     t.add_argument("--no-heap-reuse", action="store_true",
                    help="CPU: let glibc return freed activations to the OS every step (default: reuse them, "
                         "which skips page faults; same computation)")
@@ -122,7 +126,7 @@ def configs_from_args(args) -> tuple:
         ckpt = read_checkpoint(last)
         policy, trainer = ckpt.meta["policy_config"], ckpt.meta["train_config"]
     else:
-        policy, trainer = {"head": "meanflow"}, TrainConfig().to_dict()
+        policy, trainer = {"head": "meanflow"}, {**TrainConfig().to_dict(), "amp": "auto"}
     policy = dict(policy)
     if args.head is not None and args.head != policy.get("head"):
         policy = {k: v for k, v in policy.items() if k != "head_cfg"}   # another head: its own defaults
@@ -183,13 +187,19 @@ def _train_run(args) -> int:
     import torch
 
     from mfp.policies.training import train
+    from mfp.policies.training.precision import default_threads, threads_reason
 
     from .output_paths import check_outputs, run_folder_outputs
 
     check_outputs(run_folder_outputs("--out", args.out, eval_history=bool(args.eval_every)))
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     policy_config, train_config = configs_from_args(args)
+    peers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))          # DDP ranks on this machine (torchrun)
+    threads = args.threads or default_threads(workers_beside=train_config.num_workers, peers=peers)
+    torch.set_num_threads(threads)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(threads_reason(threads, train_config.num_workers, peers, given=args.threads is not None), flush=True)
     episodes = args.eval_episodes or (10 if args.eval_every else 0)
     eval_fn = simulation_eval_fn(args.data, episodes) if episodes else None
     result = train(args.data, policy_config, train_config, args.out, resume=args.resume, eval_fn=eval_fn,
@@ -213,9 +223,22 @@ def _csv(text: str, allowed=None) -> tuple[str, ...]:
     return items
 
 
+def _thread_counts(text: str) -> tuple[int, ...]:
+    """--threads of the benchmarks: comma-separated counts >= 1, or 'default' (precision.default_threads())."""
+    from mfp.policies.training.precision import default_threads
+
+    try:
+        counts = tuple(default_threads() if t == "default" else int(t) for t in _csv(text))
+    except ValueError:
+        raise ValueError(f"--threads takes comma-separated counts such as 1,2 or 'default', got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--threads needs counts >= 1, got {text!r}")
+    return tuple(dict.fromkeys(counts))
+
+
 def bench_train_parser(bench) -> None:
     b = bench.add_parser(
-        "train", help="training step time per head, fp32 and bf16, JVP cost, encoder share",
+        "train", help="training step time per head, fp32 and bf16, JVP cost, encoder share, two runs at once",
         description="Training step time (forward + backward + optimiser) and samples/s per head on synthetic "
                     "batches, fp32 and bf16 autocast; MeanFlow's step relative to FlowPolicy and SplitMeanFlow "
                     "(paired, in one process); the observation encoder's share of the step.")
@@ -225,9 +248,19 @@ def bench_train_parser(bench) -> None:
     b.add_argument("--n-points", type=int, default=512, help="points per cloud (default: 512)")
     b.add_argument("--steps", type=int, default=5, help="timed steps per head and precision (default: 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    b.add_argument("--amp", default="none,bf16", help="comma-separated precisions: none, bf16 (default: none,bf16)")
+    b.add_argument("--amp", default="none,bf16",
+                   help="comma-separated precisions: none, bf16, auto (bf16 where native, else none); all are timed "
+                        "in the same interleaved rounds (default: none,bf16)")
     b.add_argument("--dispersive-weight", type=float, default=0.0, help="dispersive loss weight (default: 0)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--threads", default=None,
+                   help="torch CPU threads, or comma-separated counts timed in the same interleaved rounds, e.g. "
+                        "1,2; 'default' = the cores this process may use (default: the cores this process may use)")
+    b.add_argument("--concurrent", action="store_true",
+                   help="also time the first head's step (first precision) in one process alone and in two "
+                        "processes at once, with 1 thread and with the default thread count each, and report the "
+                        "slowdown (what two runs at once cost each other)")
+    b.add_argument("--concurrent-rounds", type=int, default=2,
+                   help="interleaved rounds (alone, two at once) of --concurrent (default: 2)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     b.add_argument("--out", default="runs/bench/train.json", help="JSON output (default: runs/bench/train.json)")
     b.set_defaults(run=_bench_train_run)
@@ -240,8 +273,10 @@ def _bench_train_run(args) -> int:
     from .bench_train import bench_train
 
     bench_train(heads=_csv(args.heads, HEADS), preset=args.preset, batch_size=args.batch_size,
-                n_points=args.n_points, steps=args.steps, warmup=args.warmup, amps=_csv(args.amp, ("none", "bf16")),
-                dispersive_weight=args.dispersive_weight, threads=args.threads, device=args.device, out=args.out)
+                n_points=args.n_points, steps=args.steps, warmup=args.warmup,
+                amps=_csv(args.amp, ("none", "bf16", "auto")), dispersive_weight=args.dispersive_weight,
+                threads=_thread_counts(args.threads) if args.threads else None, device=args.device, out=args.out,
+                concurrent=args.concurrent, concurrent_rounds=args.concurrent_rounds)
     return 0
 
 
@@ -266,8 +301,9 @@ def bench_latency_parser(bench) -> None:
     b.add_argument("--cpu-compile", action="store_true",
                    help="on CPU, also time torch.compile (about a minute of compilation per head here)")
     b.add_argument("--threads", default="1",
-                   help="comma-separated torch CPU thread counts to time, e.g. 1,2 (default: 1; batch-1 inference "
-                        "is per-operation overhead bound)")
+                   help="comma-separated torch CPU thread counts to time, e.g. 1,2; 'default' = the cores this "
+                        "process may use (default: 1, as each evaluation worker runs; batch-1 inference is "
+                        "per-operation overhead bound)")
     b.add_argument("--out", default="runs/bench/latency.json", help="JSON output (default: runs/bench/latency.json)")
     b.set_defaults(run=_bench_latency_run)
 
@@ -284,6 +320,6 @@ def _bench_latency_run(args) -> int:
     devices = None if args.devices == "auto" else _csv(args.devices, ("cpu", "cuda"))
     bench_latency(heads=_csv(args.heads, HEADS), presets=presets, calls=args.calls, warmup=args.warmup, task=args.task,
                   devices=devices, compile_cuda=not args.no_compile, compile_cpu=args.cpu_compile,
-                  threads=tuple(int(t) for t in _csv(args.threads)), out=args.out)
+                  threads=_thread_counts(args.threads), out=args.out)
     return 0
 

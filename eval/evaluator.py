@@ -3,8 +3,9 @@ several worker processes, with videos of the first episodes and a picture of one
 
 Every episode is a pure function of its seed: the environment's reset and the policy's sampling noise are both
 seeded by it (PolicyRunner.reset), so a serial run and a parallel run of the same seeds give the same records.
-Workers are spawned processes, each owning one environment and one copy of the policy (one torch thread each),
-and take episodes one at a time from a shared queue.
+Workers are spawned processes, each owning one environment and one copy of the policy (one torch thread each,
+`threads`), and take episodes one at a time from a shared queue. A serial run (workers=1) is one such worker in
+this process: it runs with the same thread count, restored afterwards (precision.py: the thread rule).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mfp.policies.training.precision import INFERENCE_THREADS, torch_threads
 
 from .rollout import EpisodeRecord, ExpertActor, PolicyRunner, percentile, run_episode
 
@@ -67,11 +70,11 @@ class EpisodeWorker:
 _WORKER: EpisodeWorker | None = None
 
 
-def _init_worker(setup: EvalSetup) -> None:
+def _init_worker(setup: EvalSetup, threads: int = 1) -> None:
     global _WORKER
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     _WORKER = EpisodeWorker(setup)
 
 
@@ -126,7 +129,7 @@ def resolve_task(policy, task: str | None, point_cloud: dict | None) -> tuple[st
 
 def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: bool = True,
              point_cloud: dict | None = None, workers: int = 1, video_dir=None, n_videos: int = 0,
-             video_format: str = "mp4", max_episode_steps: int = 200) -> dict:
+             video_format: str = "mp4", max_episode_steps: int = 200, threads: int | None = None) -> dict:
     """Roll `policy` (None: the task's expert) out on `seeds`: {"task", "success_rate", ..., "episodes": [...]}.
 
     `seeds`: a list, or seed sets {set number: seeds} (mfp.demos.seeds.eval_seed_set), all run in one pass; the
@@ -136,7 +139,9 @@ def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: boo
     from the checkpoint, or `point_cloud`: the dataset's settings). `workers` > 1 runs episodes in that many
     spawned processes; the records are the same as a serial run's. The first `n_videos` seeds are recorded as
     videos under `video_dir`. A policy is only evaluated on evaluation seeds (>= EVAL_SEED_START, never a
-    demonstration's); the expert may replay any seed.
+    demonstration's); the expert may replay any seed. `threads`: torch threads per worker, the serial run in this
+    process included (default: precision.INFERENCE_THREADS, 1: batch-1 inference is per-operation overhead bound,
+    and a thread that loses its core on a shared machine stalls every call).
     """
     from tqdm import tqdm
 
@@ -148,6 +153,9 @@ def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: boo
         raise ValueError("evaluate: a seed is listed twice")
     if workers < 1:
         raise ValueError(f"evaluate: workers must be >= 1, got {workers}")
+    threads = INFERENCE_THREADS if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"evaluate: threads must be >= 1, got {threads}")
     if policy is not None and any(s < EVAL_SEED_START for s in seeds):
         raise ValueError(f"evaluate: seeds below {EVAL_SEED_START} are demonstration seeds; a policy is evaluated "
                          f"only on evaluation seeds (mfp.demos.seeds.eval_seeds), got {min(seeds)}")
@@ -167,14 +175,15 @@ def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: boo
 
     try:
         if workers == 1 or len(seeds) == 1:
-            worker = EpisodeWorker(setup)
-            try:
-                for seed in seeds:
-                    done(worker.run(seed))
-            finally:
-                worker.close()
+            with torch_threads(threads):                  # one worker, in this process: the workers' thread rule
+                worker = EpisodeWorker(setup)
+                try:
+                    for seed in seeds:
+                        done(worker.run(seed))
+                finally:
+                    worker.close()
         else:
-            _run_pool(setup, seeds, workers, done)
+            _run_pool(setup, seeds, workers, done, threads)
     finally:
         bar.close()
     records = [by_seed[s] for s in seeds]
@@ -191,14 +200,14 @@ def evaluate(policy, task: str | None, seeds, device: str = "cpu", progress: boo
     return result
 
 
-def _run_pool(setup: EvalSetup, seeds: list[int], workers: int, done) -> None:
+def _run_pool(setup: EvalSetup, seeds: list[int], workers: int, done, threads: int = 1) -> None:
     import concurrent.futures as cf
 
     import torch.multiprocessing as tmp
 
     ctx = tmp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=min(workers, len(seeds)), mp_context=ctx,
-                                initializer=_init_worker, initargs=(setup,)) as pool:
+                                initializer=_init_worker, initargs=(setup, threads)) as pool:
         futures = [pool.submit(_run_in_worker, seed) for seed in seeds]
         try:
             for future in cf.as_completed(futures):

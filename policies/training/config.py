@@ -4,7 +4,7 @@ Defaults follow the MP1 / DP3 recipe (ALGORITHMS.md "Training recipe") where it 
 betas (0.95, 0.999), weight decay 1e-6, cosine schedule with 500 warm-up steps, EMA (power 0.75, max 0.9999).
 The batch default is 64 (MP1 128, DP3 256) to keep CPU steps short; `batch_size` is per process under DDP.
 
-    cfg = TrainConfig(steps=3000, batch_size=128, amp="bf16")
+    cfg = TrainConfig(steps=3000, batch_size=128, amp="auto")   # auto: bf16 where native (precision.py)
     TrainConfig.from_dict(cfg.to_dict()) == cfg
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from ..config_checks import check_fields
 
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("none", "bf16", "auto")   # "auto" is resolved when training starts (precision.resolve_amp)
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change the training trajectory: a resumed run must keep them (others, like how often to log,
@@ -52,7 +52,9 @@ class TrainConfig:
     ckpt_every: int = 1000                # steps between periodic checkpoints (the last step always saves)
     keep_checkpoints: int = 0             # periodic checkpoints kept besides `last` (0: all)
     log_every: int = 10                   # steps between TensorBoard scalars
-    amp: str = "none"                     # "bf16": bfloat16 autocast (the MeanFlow JVP stays float32)
+    amp: str = "none"                     # "bf16": bfloat16 autocast (the MeanFlow JVP stays float32); "auto":
+                                          # bf16 where the device runs it natively, else "none"; saved resolved
+    amp_reason: str = ""                  # why `amp` was chosen (filled when training starts; saved with the run)
     num_workers: int = 0                  # DataLoader worker processes
     max_nonfinite_steps: int = 10         # consecutive non-finite losses / gradients before training stops
     device: str = "auto"                  # "auto": cuda when available, else cpu
