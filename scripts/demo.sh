@@ -19,9 +19,9 @@ echo "== 1/3 collect $EPISODES expert demonstrations of $TASK -> $DATA"
 rm -rf "$DATA"
 $MFP collect --task "$TASK" --episodes "$EPISODES" --out "$DATA"
 
-echo "== 2/3 train a 1-step MeanFlow policy (small preset, $STEPS steps, bf16 autocast) -> $RUN"
+echo "== 2/3 train a 1-step MeanFlow policy (small preset, $STEPS steps, --amp auto: bf16 where native) -> $RUN"
 rm -rf "$RUN"
-$MFP train --data "$DATA" --head meanflow --preset small --steps "$STEPS" --amp bf16 --out "$RUN"
+$MFP train --data "$DATA" --head meanflow --preset small --steps "$STEPS" --amp auto --out "$RUN"
 
 echo "== 3/3 evaluate the EMA policy on $EVAL_EPISODES held-out episodes (parallel workers, 2 videos)"
 $MFP eval --ckpt "$RUN" --episodes "$EVAL_EPISODES"
