@@ -171,7 +171,10 @@ class ControlLoop:
         return None
 
     def warm_up(self, obs: TimedObservation, seed: int | None) -> None:
+        """`warmup_calls` network calls on the first observation; an e-stop ends it at the next call."""
         for _ in range(self.cfg.warmup_calls):
+            if self.estop.is_set():
+                break
             self.actor.reset()
             self.actor.observe(obs.policy_input())
             self.actor.predict_chunk()
@@ -204,9 +207,12 @@ class ControlLoop:
         cfg, safety, period = self.cfg, self.safety, self.cfg.period
         obs = self._wait_first_observation()
         if obs is None:
-            reason = "e_stop" if self.estop.is_set() else "no_observation"
-            return self._stop(report, reason, f"nothing within {cfg.first_obs_timeout_s} s", estop=True)
+            if self.estop.is_set():
+                return self._stop(report, "e_stop", f"{self.estop.reason} (before the first observation)", estop=True)
+            return self._stop(report, "no_observation", f"nothing within {cfg.first_obs_timeout_s} s", estop=True)
         self.warm_up(obs, seed)
+        if self.estop.is_set():
+            return self._stop(report, "e_stop", f"{self.estop.reason} (during the warm-up)", estop=True)
         self.filter.reset()
         t0 = self.clock()
         scheduler = ChunkScheduler(t0, period, cfg.blend, cfg.ensemble_decay)

@@ -7,6 +7,11 @@ point-cloud code (back-projection, crop box, farthest-point sampling) with the s
 a JointState's positions become agent_pos. Each keeps its header stamp. A message that cannot be used (wrong
 size, encoding, frame) is dropped and counted in `rejected` with its reason; the last good sample stays and ages,
 so the control loop's staleness check holds the robot.
+
+E-stop: the e-stop topic is subscribed (an e-stop from anywhere stops the loop) and published, latched and
+unqueued (written to every connected subscriber before `publish` returns; a node that connects later gets it on
+connecting). Closing after an e-stop waits, up to `estop_handover_s`, until every node subscribed to the topic is
+connected, so a robot node that was slow to connect still gets the stop before this publisher goes away.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -45,7 +51,7 @@ def init_node(name: str) -> None:
 
 class RosRobot(Robot):
     def __init__(self, topics: RosTopics, point_cloud, agent_dim: int, action_dim: int, estop=None,
-                 node_name: str = "mfp_policy"):
+                 node_name: str = "mfp_policy", estop_handover_s: float = 5.0):
         rospy = import_rospy()
         from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
         from std_msgs.msg import Bool, Empty, Float64MultiArray
@@ -53,7 +59,7 @@ class RosRobot(Robot):
         init_node(node_name)
         self.topics, self.pc_config = topics, point_cloud
         self.agent_dim, self.action_dim = int(agent_dim), int(action_dim)
-        self.estop = estop
+        self.estop, self.estop_handover_s = estop, float(estop_handover_s)
         self._lock = threading.Lock()
         self._cloud: tuple[np.ndarray, float] | None = None
         self._state: tuple[np.ndarray, float] | None = None
@@ -66,9 +72,11 @@ class RosRobot(Robot):
         self._JointState, self._Empty, self._Bool = JointState, Empty, Bool
         self._pub_action = rospy.Publisher(topics.action, JointState, queue_size=10)
         self._pub_hold = rospy.Publisher(topics.hold, Empty, queue_size=10)
-        self._pub_estop = rospy.Publisher(topics.estop, Bool, queue_size=10, latch=True)
-        self._subs = [rospy.Subscriber(topics.state, JointState, self._on_state, queue_size=1),
-                      rospy.Subscriber(topics.estop, Bool, self._on_estop, queue_size=10)]
+        with warnings.catch_warnings():  # queue_size=None (synchronous writes) is meant, not forgotten
+            warnings.simplefilter("ignore", SyntaxWarning)
+            self._pub_estop = rospy.Publisher(topics.estop, Bool, queue_size=None, latch=True)
+        self._subs = [rospy.Subscriber(topics.estop, Bool, self._on_estop, queue_size=10),
+                      rospy.Subscriber(topics.state, JointState, self._on_state, queue_size=1)]
         if topics.cloud:
             self._subs.append(rospy.Subscriber(topics.cloud, PointCloud2, self._on_cloud, queue_size=1,
                                                buff_size=2**24))
@@ -169,7 +177,31 @@ class RosRobot(Robot):
         self._pub_hold.publish(self._Empty())
         self._pub_estop.publish(self._Bool(data=True))
 
+    def _hand_over_estop(self) -> bool:
+        """Wait until every node subscribed to the e-stop topic is connected to our latched publisher."""
+        import rosgraph
+
+        rospy = import_rospy()
+        topic, master = self._pub_estop.resolved_name, rosgraph.Master(rospy.get_name())
+        deadline = time.monotonic() + self.estop_handover_s
+        while True:
+            try:
+                _, subscribers, _ = master.getSystemState()
+                nodes = next((n for t, n in subscribers if t == topic), [])
+            except Exception as e:  # the master is gone: nobody else can connect now
+                log.warning("ROS: e-stop hand-over: cannot reach the master: %s", e)
+                return False
+            if self._pub_estop.get_num_connections() >= len(nodes):
+                return True
+            if time.monotonic() > deadline:
+                log.warning("ROS: e-stop hand-over: %d of the %d nodes subscribed to %s connected within %g s",
+                            self._pub_estop.get_num_connections(), len(nodes), topic, self.estop_handover_s)
+                return False
+            time.sleep(0.02)
+
     def close(self) -> None:
+        if self._stopped:
+            self._hand_over_estop()
         for s in self._subs:
             s.unregister()
         self._pub_action.unregister()

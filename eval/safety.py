@@ -82,16 +82,18 @@ class ActionFilter:
 
 class EStop:
     """An emergency stop anyone can trigger: a call (`trigger`), Ctrl-C (`install_sigint`), a ROS topic (the ROS
-    adapter calls `trigger`). Once set it stays set for the run."""
+    adapter calls `trigger`). Once set it stays set for the run. `t` is the trigger time on `clock` (the control
+    loop's clock)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.time):
         self._event = threading.Event()
+        self.clock = clock
         self.reason = ""
         self.t: float | None = None
 
     def trigger(self, reason: str = "e-stop") -> None:
         if not self._event.is_set():
-            self.reason, self.t = reason, time.time()
+            self.reason, self.t = reason, self.clock()
             self._event.set()
             log.warning("EMERGENCY STOP: %s", reason)
 
