@@ -161,6 +161,33 @@ def test_the_helper_refuses_with_flag_path_and_reason(tmp_path):
     assert issubclass(OutputPathError, ValueError)  # the CLI prints it as one line, exit status 2
 
 
+def test_resumable_state_is_accepted(tmp_path):
+    """What a resumed suite or training run finds on disk (datasets, their locks, run folders with checkpoints and
+    logs, a results file and its report) passes the check untouched."""
+    from mfp.eval.commands_suite import suite_outputs
+    from mfp.eval.output_paths import check_outputs, run_folder_outputs
+    from mfp.eval.suite import SuiteConfig, dataset_path, run_dir
+
+    cfg = SuiteConfig(tasks=("metaworld/reach",), heads=("meanflow",), seeds=(0,), data_dir=str(tmp_path / "data"),
+                      runs_dir=str(tmp_path / "runs"), results=str(tmp_path / "results.jsonl"), top5_every=2)
+    data = dataset_path(cfg, "metaworld/reach")
+    (data / "data").mkdir(parents=True)
+    data.with_name(data.name + ".lock").write_text("")
+    run = run_dir(cfg, "metaworld/reach", "meanflow", 0)
+    (run / "tb").mkdir(parents=True)
+    (run / "videos").mkdir()
+    for name in ("last.safetensors", "config.json", "eval.json"):
+        (run / name).write_bytes(b"x")
+    for name in ("results.jsonl", "report.md", "report.png"):
+        (tmp_path / name).write_text("{}\n")
+    outputs = suite_outputs(cfg, report=True)
+    assert {o.path for o in outputs} >= {data, run, run / "last.safetensors", run / "videos", tmp_path / "report.md"}
+    before = snapshot(tmp_path)
+    check_outputs(outputs)
+    check_outputs(run_folder_outputs("--out", run, eval_history=True))
+    assert snapshot(tmp_path) == before
+
+
 # --- every command, before any work -----------------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_wrong_kind_is_refused_before_any_work(case, tmp_path):
