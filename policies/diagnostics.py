@@ -20,13 +20,13 @@ import torch
 from mfp.demos.dataset import DemoDataset
 
 
-def demo_windows(path, config, n_windows: int = 128, seed: int = 0, episodes: str = "all") -> dict:
+def demo_windows(path, config, n_windows: int = 128, val_ratio: float = 0.0, seed: int = 0) -> dict:
     """Up to n_windows (observation, chunk) windows of a dataset, evenly spread over it, in the policy's window
     layout: {"obs": {"point_cloud": (n, To, N, 3), "agent_pos": (n, To, d)}, "action": (n, H, A)}, raw values.
-    episodes: "all", or "val" for the validation episodes of a run trained with val_ratio (seed) on this data."""
-    val = episodes == "val"
+    val_ratio > 0: only the validation episodes of a run trained with that val_ratio and seed on this dataset."""
+    val = val_ratio > 0
     dataset = DemoDataset(path, config.horizon, config.n_obs_steps, config.n_action_steps,
-                          val_ratio=0.1 if val else 0.0, seed=seed, validation=val)
+                          val_ratio=val_ratio, seed=seed, validation=val)
     if len(dataset) == 0:
         raise ValueError(f"{path}: no {'validation ' if val else ''}windows to diagnose")
     idx = torch.linspace(0, len(dataset) - 1, min(n_windows, len(dataset))).round().long().unique().tolist()

@@ -92,3 +92,25 @@ def test_a_suite_variant_trains_with_its_settings_and_is_its_own_job(reach_demos
     # The optimiser really ran with the variant's learning rate (its param groups are saved with the checkpoint).
     assert a.meta["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-4)
     assert b.meta["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(3e-4)
+
+
+def test_mfp_check_diagnose_reports_the_runs_validation_windows(reach_demos, tmp_path, capsys):
+    import json
+
+    from mfp.eval.cli import main
+    from mfp.policies.training import TrainConfig, load_policy, train
+
+    cfg = PolicyConfig(head="meanflow", n_points=512, agent_dim=9, action_dim=4, unet=UNetConfig(preset="tiny"))
+    run = tmp_path / "run"
+    train(reach_demos, cfg, TrainConfig(steps=2, batch_size=4, val_ratio=0.3, val_every=0, amp="none"), run,
+          progress=False)
+    capsys.readouterr()                                   # what training printed
+    assert main(["check", str(run), "--diagnose", "--json", "--windows", "16", "--draws", "2"]) == 0
+    d = json.loads(capsys.readouterr().out)["diagnostics"]
+    assert d["windows_from"] == "the run's validation episodes" and d["windows"] == 16
+    policy = load_policy(run)
+    expected = chunk_diagnostics(policy, demo_windows(reach_demos, policy.config, 16, val_ratio=0.3), n_draws=2)
+    assert d["chunk_error"] == pytest.approx(expected["chunk_error"], rel=1e-5)
+    assert d["noise_spread"] == pytest.approx(expected["noise_spread"], rel=1e-5)
+    training_windows = demo_windows(reach_demos, policy.config, 16)
+    assert not torch.equal(training_windows["action"], demo_windows(reach_demos, policy.config, 16, 0.3)["action"])
