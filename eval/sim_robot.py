@@ -91,7 +91,6 @@ class SimRobot(Robot):
             self._lock.notify_all()
 
     def close(self) -> None:
-        self._stopped.set()
         self._finished.set()
         with self._lock:
             self._lock.notify_all()
@@ -102,6 +101,7 @@ class SimRobot(Robot):
 
     @property
     def stopped(self) -> bool:
+        """E-stopped (`stop()`), not merely closed."""
         return self._stopped.is_set()
 
     @property
