@@ -158,7 +158,8 @@ def inodes(run: Path) -> dict[str, int]:
 # was written yet) is the next kill's victim, and the last one trains to the end. A kill waits for the
 # checkpoint of step `at` - 1 (a new one, for a resumed run), then lands either the moment the next checkpoint's
 # temporary file appears ("write": inside a checkpoint write) or after a random pause ("random"; checkpoint
-# writes take most of the time here, so these land inside one too, or between two).
+# writes take most of the time here, so these land inside one too, or between two). The random pause is cut
+# short by the checkpoint of step `at` appearing: the run then still has steps to go, however fast the machine.
 KILL_MOMENTS = [(1, "write"), (6, "random"), (11, "write"), (16, "random")]
 
 
@@ -179,7 +180,11 @@ def _kill_train(cmd, run: Path, at: int, how: str, rng: random.Random) -> None:
                 if run.exists() and any(map(is_checkpoint_temp, os.listdir(run))):
                     break
         else:
-            time.sleep(rng.uniform(0.0, 0.15))
+            pause_until = time.monotonic() + rng.uniform(0.0, 0.15)
+            while proc.poll() is None and time.monotonic() < pause_until:
+                if run.exists() and _newest_step_file(os.listdir(run)) >= at:
+                    break
+                time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -341,22 +346,31 @@ def test_disk_full_while_writing_a_checkpoint(store_path, reference, tmp_path):
 CONTROL = ["control", "--robot", "sim", "--expert", "--task", "metaworld/reach", "--rate", "20", "--max-steps", "40"]
 
 
+def _committed(path: Path, default: int) -> int:
+    try:
+        with warnings.catch_warnings():  # read while an episode is being committed: warns, fine
+            warnings.simplefilter("ignore")
+            return DemoStore.open(path).n_episodes
+    except Exception:  # not created yet
+        return default
+
+
 def _kill_control(path: Path, base: int, rng: random.Random) -> int:
-    """`mfp control --episodes 3 --record path` killed in its second episode; the episodes it had committed."""
+    """`mfp control --episodes 3 --record path` killed in its second episode (a random moment after the first was
+    committed, cut short by the second's commit: then at the start of the third, so the run is always still going,
+    however fast the machine); the episodes it had committed."""
     proc = subprocess.Popen(mfp(*CONTROL, "--episodes", 3, "--record", path), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     committed = base
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline and committed < base + 1:
-            try:
-                with warnings.catch_warnings():  # read while an episode is being committed: warns, fine
-                    warnings.simplefilter("ignore")
-                    committed = DemoStore.open(path).n_episodes
-            except Exception:  # not created yet
-                pass
+            committed = _committed(path, committed)
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.2, 1.5))  # inside the second episode (40 actions at 20 Hz: 2 s, after its set-up)
+        pause_until = time.monotonic() + rng.uniform(0.2, 1.5)
+        while proc.poll() is None and time.monotonic() < pause_until and committed < base + 2:
+            committed = _committed(path, committed)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
