@@ -63,8 +63,10 @@ class AverageVelocityConfig(FlowOutputConfig):
 
     name: ClassVar[str] = "average_velocity"
     ratio_r_eq_t: float = 0.5       # fraction of the batch with r = t (plain flow matching / boundary u(z, t, t) = v)
-    time_mean: float = -0.4         # logit-normal (t, r) sampling: sigmoid(N(mean, std))
+    time_dist: str = "logit_normal"  # (t, r) draws: "logit_normal" sigmoid(N(time_mean, time_std)), or "uniform"
+    time_mean: float = -0.4
     time_std: float = 1.0
+    ratio_one_step: float = 0.0     # fraction of the batch at (r, t) = (0, 1), where one-step sampling queries u
     adaptive_p: float = 0.5         # w = 1 / (||err||^2 + c)^p, stop-gradient; MP1 0.5, MeanFlow paper 1.0
     adaptive_c: float = 1e-3
     error_reduction: str = "sum"    # ||err||^2 per sample: "sum" over (H, A) as in the paper; MP1's code uses "mean"
@@ -76,6 +78,11 @@ class AverageVelocityConfig(FlowOutputConfig):
         n = self.name
         _check_prob(f"{n}.ratio_r_eq_t", self.ratio_r_eq_t)
         _check(self.time_std > 0, f"{n}.time_std must be > 0, got {self.time_std}")
+        _check(self.time_dist in ("logit_normal", "uniform"),
+               f"{n}.time_dist must be 'logit_normal' or 'uniform', got {self.time_dist!r}")
+        _check_prob(f"{n}.ratio_one_step", self.ratio_one_step)
+        _check(self.ratio_r_eq_t + self.ratio_one_step <= 1.0,
+               f"{n}.ratio_r_eq_t + ratio_one_step must be <= 1, got {self.ratio_r_eq_t} + {self.ratio_one_step}")
         _check(self.adaptive_p >= 0, f"{n}.adaptive_p must be >= 0, got {self.adaptive_p}")
         _check(self.adaptive_c > 0, f"{n}.adaptive_c must be > 0, got {self.adaptive_c}")
         _check(self.error_reduction in ("sum", "mean"),

@@ -87,22 +87,32 @@ def adaptive_l2_loss(err: torch.Tensor, p: float, c: float, reduction: str = "su
 
 
 def sample_times(cfg, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r), each (B,) in x's dtype, for an average-velocity head's config (logit-normal, a fraction r = t)."""
-    t, r = sample_logit_normal_pair(x.shape[0], cfg.time_mean, cfg.time_std, cfg.ratio_r_eq_t, x.device)
+    """(t, r), each (B,) in x's dtype, for an average-velocity head's config (time_dist, a fraction r = t, a
+    fraction at the one-step query (r, t) = (0, 1))."""
+    t, r = sample_logit_normal_pair(x.shape[0], cfg.time_mean, cfg.time_std, cfg.ratio_r_eq_t, x.device,
+                                    dist=cfg.time_dist, ratio_one_step=cfg.ratio_one_step)
     return t.to(x.dtype), r.to(x.dtype)
 
 
 def sample_logit_normal_pair(batch: int, mean: float, std: float, ratio_r_eq_t: float, device: torch.device | str,
-                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r), each (B,): two logit-normal draws sorted so t >= r; then a random int(ratio * B) of the batch
-    gets r = t (MP1 / MeanFlow code)."""
-    normal = torch.randn(batch, 2, device=device, generator=generator) * std + mean
-    pair = torch.sigmoid(normal)
+                             generator: torch.Generator | None = None, dist: str = "logit_normal",
+                             ratio_one_step: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r), each (B,): two draws sorted so t >= r (logit-normal sigmoid(N(mean, std)), or "uniform" on [0, 1]);
+    then a random int(ratio_r_eq_t * B) of the batch gets r = t (MP1 / MeanFlow code), and the next
+    int(ratio_one_step * B) of that permutation get (r, t) = (0, 1), the point one-step sampling queries."""
+    if dist == "uniform":
+        pair = torch.rand(batch, 2, device=device, generator=generator)
+    else:
+        pair = torch.sigmoid(torch.randn(batch, 2, device=device, generator=generator) * std + mean)
     t, r = pair.max(dim=1).values, pair.min(dim=1).values
-    n_equal = int(ratio_r_eq_t * batch)
-    idx = torch.randperm(batch, device=device, generator=generator)[:n_equal]
+    n_equal, n_one = int(ratio_r_eq_t * batch), int(ratio_one_step * batch)
+    perm = torch.randperm(batch, device=device, generator=generator)
     r = r.clone()
-    r[idx] = t[idx]
+    r[perm[:n_equal]] = t[perm[:n_equal]]
+    if n_one:
+        one = perm[n_equal:n_equal + n_one]
+        t = t.clone()
+        t[one], r[one] = 1.0, 0.0
     return t, r
 
 

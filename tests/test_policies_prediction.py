@@ -191,3 +191,25 @@ def test_policy_in_sample_mode_overfits_one_chunk():
     for out in outs:
         assert (out - action).abs().max() < 0.1
     assert max((a - b).abs().max() for a in outs for b in outs) < 0.05      # the noise barely moves the chunk
+
+
+def test_time_pairs_cover_the_one_step_query_and_the_uniform_law():
+    from mfp.policies.head import sample_logit_normal_pair
+
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    t, r = sample_logit_normal_pair(n, -0.4, 1.0, 0.5, "cpu", generator=g, dist="uniform", ratio_one_step=0.25)
+    one = (t == 1.0) & (r == 0.0)
+    equal = t == r
+    assert int(one.sum()) == n // 4 and int(equal.sum()) == n // 2 and not (one & equal).any()
+    rest = ~one & ~equal
+    assert (t[rest] > r[rest]).all()
+    # The other quarter: max and min of two U[0, 1] draws, P(t <= a) = a^2 and P(r <= a) = 1 - (1 - a)^2.
+    for a in (0.25, 0.5, 0.75):
+        assert float((t[rest] <= a).float().mean()) == pytest.approx(a * a, abs=0.02)
+        assert float((r[rest] <= a).float().mean()) == pytest.approx(1 - (1 - a) ** 2, abs=0.02)
+    # The logit-normal default almost never reaches the one-step query: why ratio_one_step exists.
+    t_ln, _ = sample_logit_normal_pair(n, -0.4, 1.0, 0.0, "cpu", generator=g)
+    assert float((t_ln > 0.95).float().mean()) < 0.01
+    with pytest.raises(ValueError, match="ratio_r_eq_t \\+ ratio_one_step"):
+        MeanFlowConfig(ratio_r_eq_t=0.8, ratio_one_step=0.3)
