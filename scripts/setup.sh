@@ -28,14 +28,26 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ROS 1 from Debian's own packages (bookworm), for `mfp control --robot ros`, `mfp ros-sim` and the ROS tests.
-# Skip with MFP_NO_ROS=1. Not fatal: without ROS only the ROS commands and tests are unavailable (they say so).
+# Skip with MFP_NO_ROS=1. On a developer's machine a failed install is not fatal: without ROS only the ROS
+# commands and tests are unavailable (they say so). In CI (CI=true, as .ci/run sets) it is: the ROS tests must
+# run there, not be skipped; MFP_NO_ROS=1 opts out on purpose (the ROS tests then skip).
+ros_required() {
+    [ "${MFP_NO_ROS:-0}" != "1" ] && case "${CI:-}" in 1|true|TRUE|True|yes) true ;; *) false ;; esac
+}
+ROS_PACKAGES=(ros-core python3-rospy python3-std-msgs python3-sensor-msgs python3-geometry-msgs python3-rosbag)
 if [ "${MFP_NO_ROS:-0}" != "1" ]; then
-    missing=($(missing_packages ros-core python3-rospy python3-std-msgs python3-sensor-msgs python3-geometry-msgs \
-                                python3-rosbag))
+    missing=($(missing_packages "${ROS_PACKAGES[@]}"))
     if [ ${#missing[@]} -gt 0 ]; then
         echo "[setup] installing ROS 1 Debian packages: ${missing[*]}"
-        { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" \
-            >/dev/null; } || echo "[setup] WARNING: could not install ROS 1 (${missing[*]}); continuing without it"
+        if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" \
+                >/dev/null; }; then
+            if ros_required; then
+                echo "[setup] ERROR: could not install ROS 1 (${missing[*]}), and CI needs it for the ROS tests" \
+                     "(set MFP_NO_ROS=1 to run CI without ROS on purpose)" >&2
+                exit 1
+            fi
+            echo "[setup] WARNING: could not install ROS 1 (${missing[*]}); continuing without it"
+        fi
     fi
 fi
 
@@ -44,7 +56,28 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
+# rospy and the message packages live in Debian's dist-packages: appended after the venv's own site-packages
+# (a .pth line), so the venv's packages keep priority and nothing of Debian's shadows them. Done on every run:
+# ROS may have been installed after the venv was made.
+link_ros() {
+    if [ -d /usr/lib/python3/dist-packages/rospy ]; then
+        SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        echo "/usr/lib/python3/dist-packages" > "$SITE/zz_debian_ros.pth"
+    fi
+}
+
+# In CI, ROS must be usable from the venv, not only installed.
+check_ros() {
+    if ros_required && ! { command -v roscore >/dev/null 2>&1 && "$VENV/bin/python" -c "import rospy" 2>/dev/null; }; then
+        echo "[setup] ERROR: ROS 1 is not usable (roscore on PATH, rospy importable from $VENV), and CI needs it" \
+             "for the ROS tests (set MFP_NO_ROS=1 to run CI without ROS on purpose)" >&2
+        exit 1
+    fi
+}
+
+link_ros
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
+    check_ros
     exit 0
 fi
 echo "[setup] installing Python packages into $VENV"
@@ -52,11 +85,7 @@ echo "[setup] installing Python packages into $VENV"
 # The CPU build of torch first: a looser requirement asked for first would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
-# rospy and the message packages live in Debian's dist-packages: appended after the venv's own site-packages
-# (a .pth line), so the venv's packages keep priority and nothing of Debian's shadows them.
-if [ -d /usr/lib/python3/dist-packages/rospy ]; then
-    SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    echo "/usr/lib/python3/dist-packages" > "$SITE/zz_debian_ros.pth"
-fi
+link_ros
+check_ros
 touch "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, mujoco, metaworld; print("torch", torch.__version__, "mujoco", mujoco.__version__, "metaworld", metaworld.__version__ if hasattr(metaworld, "__version__") else "3.1.1")')"
