@@ -131,32 +131,26 @@ def heldout_path(cfg: SuiteConfig, task: str) -> Path:
 
 def ensure_heldout(cfg: SuiteConfig, task: str, progress: bool) -> Path:
     """The task's held-out demonstrations (HELDOUT_EPISODES from HELDOUT_SEED_START), collected once under a lock."""
-    from mfp.demos.collect import collect
-    from mfp.demos.store import DemoStore
-
-    path = heldout_path(cfg, task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        have = DemoStore.open(path).n_episodes if path.exists() else 0
-        if have < HELDOUT_EPISODES:
-            collect(task, HELDOUT_EPISODES - have, path, seed_start=None if have else HELDOUT_SEED_START,
-                    progress=progress)
-    return path
+    return _ensure_episodes(heldout_path(cfg, task), task, HELDOUT_EPISODES, progress, seed_start=HELDOUT_SEED_START)
 
 
 def ensure_demos(cfg: SuiteConfig, task: str, progress: bool) -> Path:
     """The task's dataset with at least cfg.demos episodes, collected (or topped up) under a file lock."""
+    return _ensure_episodes(dataset_path(cfg, task), task, cfg.demos, progress)
+
+
+def _ensure_episodes(path: Path, task: str, episodes: int, progress: bool, seed_start: int | None = None) -> Path:
+    """`path` holding at least `episodes` expert episodes of `task`, collected or topped up under a file lock (so
+    suite processes sharing a data folder never collect twice); a new store starts at `seed_start`."""
     from mfp.demos.collect import collect
     from mfp.demos.store import DemoStore
 
-    path = dataset_path(cfg, task)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         have = DemoStore.open(path).n_episodes if path.exists() else 0
-        if have < cfg.demos:
-            collect(task, cfg.demos - have, path, progress=progress)
+        if have < episodes:
+            collect(task, episodes - have, path, seed_start=None if have else seed_start, progress=progress)
     return path
 
 
