@@ -16,6 +16,7 @@ what two runs at once cost each other (concurrent_cost). Prints a table, saves J
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -118,6 +119,13 @@ class _Stepper:
         return dt
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _thread_list(threads) -> list[int]:
     if threads is None:
         return [default_threads()]
@@ -155,6 +163,7 @@ def bench_train(heads=HEADS, preset: str = "small", batch_size: int = 64, n_poin
 
     thread_counts = _thread_list(threads)
     amp_list, auto = _amp_list(amps, device)
+    load_start = _load_average()
     multi = len(thread_counts) > 1
     configs = [(amp, t) for amp in amp_list for t in thread_counts]
 
@@ -251,6 +260,7 @@ def bench_train(heads=HEADS, preset: str = "small", batch_size: int = 64, n_poin
                      "torch_threads": thread_counts[0] if not multi else thread_counts,
                      "heap_reuse": bool(alloc_compare), "interleaved": [label(a, t) for a, t in configs]},
         "cpu": cpu_info().to_dict(), "available_cores": available_cores(),
+        "load_average_1min": {"start": load_start, "end": _load_average()},   # other jobs on the machine
         "rows": rows, "ratios": ratios, "bf16_speedup": bf16_speedup, "thread_ratio": thread_ratio,
         "allocator": allocator, "targets": TARGETS, "provenance": provenance(),
     }
@@ -365,7 +375,9 @@ def concurrent_cost(head: str = "meanflow", preset: str = "small", batch_size: i
 def format_table(result: dict) -> str:
     cpu = result.get("cpu") or {}
     lines = [f"CPU: torch capability {cpu.get('cpu_capability')}, native bf16 {cpu.get('bf16_native')} "
-             f"({cpu.get('reason')}); {result.get('available_cores')} cores available",
+             f"({cpu.get('reason')}); {result.get('available_cores')} cores available; 1-min load average "
+             f"{(result.get('load_average_1min') or {}).get('start')} at the start, "
+             f"{(result.get('load_average_1min') or {}).get('end')} at the end",
              f"{'amp':5} {'thr':>3} {'head':14} {'params':>9} {'step ms (med)':>13} {'min':>8} {'samples/s':>10} "
              f"{'head+UNet ms':>12} {'encoder ms':>10} {'enc share':>9}"]
     for x in result["rows"]:
