@@ -24,7 +24,8 @@ import torch
 
 from mfp.demos.normalizer import MinMaxNormalizer
 from mfp.demos.provenance import provenance
-from mfp.policies.training.precision import autocast, available_cores, cpu_info, default_threads, resolve_amp
+from mfp.policies.training.precision import (autocast, available_cores, cpu_info, default_threads, resolve_amp,
+                                             thread_choice)
 
 from .bench_report import save_and_print
 
@@ -261,6 +262,7 @@ def bench_train(heads=HEADS, preset: str = "small", batch_size: int = 64, n_poin
                      "heap_reuse": bool(alloc_compare), "interleaved": [label(a, t) for a, t in configs]},
         "cpu": cpu_info().to_dict(), "available_cores": available_cores(),
         "load_average_1min": {"start": load_start, "end": _load_average()},   # other jobs on the machine
+        "threads_default": thread_choice().to_dict(),       # what --threads default / mfp train would pick here
         "rows": rows, "ratios": ratios, "bf16_speedup": bf16_speedup, "thread_ratio": thread_ratio,
         "allocator": allocator, "targets": TARGETS, "provenance": provenance(),
     }
@@ -380,6 +382,8 @@ def format_table(result: dict) -> str:
              f"{(result.get('load_average_1min') or {}).get('end')} at the end",
              f"{'amp':5} {'thr':>3} {'head':14} {'params':>9} {'step ms (med)':>13} {'min':>8} {'samples/s':>10} "
              f"{'head+UNet ms':>12} {'encoder ms':>10} {'enc share':>9}"]
+    if result.get("threads_default"):                   # before the column header
+        lines.insert(1, f"default {result['threads_default']['reason']}")
     for x in result["rows"]:
         lines.append(f"{x['amp']:5} {x.get('threads', ''):>3} {x['head']:14} {x['params']:>9} "
                      f"{x['step_ms_median']:>13.1f} {x['step_ms_min']:>8.1f} {x['samples_per_s']:>10.1f} "

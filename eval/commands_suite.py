@@ -48,8 +48,9 @@ def bench_suite_parser(bench) -> None:
                    help="also evaluate every this many training steps, for the papers' top-5 figure (labelled as "
                         "such, never the headline; default: 0, off)")
     b.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for training (default: the cores this process may use; evaluation "
-                        "workers take 1 each; give 1 per suite process when several share the machine)")
+                   help="torch CPU threads for training (default: the cores this process may use, lowered by the "
+                        "load of other processes at start; evaluation workers take 1 each; give 1 per suite "
+                        "process when several share the machine)")
     b.add_argument("--data-dir", default="data/demos", help="where task datasets live (default: data/demos)")
     b.add_argument("--runs-dir", default="runs/suite", help="where training runs go (default: runs/suite)")
     b.add_argument("--results", default="runs/suite/results.jsonl",

@@ -71,7 +71,8 @@ def train_parser(sub) -> None:
                    help="where to train; auto: cuda when available (default: auto)")
     t.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the cores this process may use, less one per DataLoader "
-                        "worker; 1 is faster when other jobs share the machine)")
+                        "worker, lowered by the load of other processes at start; 1 is faster when other jobs "
+                        "will share the machine)")
     t.add_argument("--no-heap-reuse", action="store_true",
                    help="CPU: let glibc return freed activations to the OS every step (default: reuse them, "
                         "which skips page faults; same computation)")
@@ -254,7 +255,8 @@ def bench_train_parser(bench) -> None:
     b.add_argument("--dispersive-weight", type=float, default=0.0, help="dispersive loss weight (default: 0)")
     b.add_argument("--threads", default=None,
                    help="torch CPU threads, or comma-separated counts timed in the same interleaved rounds, e.g. "
-                        "1,2; 'default' = the cores this process may use (default: the cores this process may use)")
+                        "1,2; 'default' = the cores this process may use, lowered by the load of other processes "
+                        "at start (default: 'default')")
     b.add_argument("--concurrent", action="store_true",
                    help="also time the first head's step (first precision) in one process alone and in two "
                         "processes at once, with 1 thread and with the default thread count each, and report the "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 
 import numpy as np
@@ -172,7 +173,8 @@ def test_checkpoints_from_before_auto_still_load():
 
 
 # --- threads --------------------------------------------------------------------------------------------------
-def test_thread_rule_from_affinity_workers_and_quota(tmp_path):
+def test_thread_rule_from_affinity_workers_and_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "load_at_start", lambda: 0.0)               # an idle machine
     four = {0, 1, 2, 3}
     assert default_threads(affinity=four) == 4
     assert default_threads(workers_beside=1, affinity=four) == 3
@@ -192,12 +194,105 @@ def test_thread_rule_from_affinity_workers_and_quota(tmp_path):
     assert available_cores() <= len(os.sched_getaffinity(0))
 
 
+def test_thread_rule_lowers_the_count_by_the_load_of_other_processes():
+    two, four = {0, 1}, {0, 1, 2, 3}
+    # idle (the load of a quiet machine, below half a core): every usable core
+    assert default_threads(affinity=two, load=0.0) == 2
+    assert default_threads(affinity=two, load=0.4) == 2
+    assert default_threads(affinity=four, load=0.3) == 4
+    # busy: threads + other load <= usable cores, the free cores rounded to the nearest whole core
+    assert default_threads(affinity=two, load=0.6) == 1
+    assert default_threads(affinity=two, load=1.8) == 1
+    assert default_threads(affinity=four, load=1.0) == 3
+    assert default_threads(affinity=four, load=1.6) == 2
+    assert default_threads(affinity=four, load=2.4) == 2                        # 1.6 free rounds to 2
+    # never below one, however busy
+    assert default_threads(affinity=two, load=5.9) == 1
+    assert default_threads(affinity=four, load=40.0, workers_beside=3) == 1
+    # workers beside it are still subtracted, from the cores the load leaves free
+    assert default_threads(affinity=four, load=0.0, workers_beside=1) == 3
+    assert default_threads(affinity=four, load=1.0, workers_beside=1) == 2
+    assert default_threads(affinity=four, load=2.0, workers_beside=1) == 1
+    # peers share what the load leaves: 4 cores, load 2, two ranks -> 1 each
+    assert default_threads(affinity=four, load=2.0, peers=2) == 1
+    assert default_threads(affinity=four, load=0.0, peers=2) == 2
+    # the load never raises the count above the cores / workers rule
+    assert default_threads(affinity=four, cpu_limit=2, load=0.0) == 2
+    # a container (2 usable cores) on a 64-CPU host whose load average is 30: 34 CPUs are free, so both cores
+    assert default_threads(affinity=two, load=30.0, machine_cpus=64) == 2
+    assert default_threads(affinity=two, load=63.0, machine_cpus=64) == 1
+    # unknown load (no os.getloadavg; a negative value): the cores / workers rule alone
+    assert default_threads(affinity=four, load=-1.0, workers_beside=1) == 3
+
+
+def test_thread_reason_says_when_the_load_lowered_the_count(monkeypatch):
+    busy = precision.thread_choice(affinity={0, 1}, load=1.8)
+    assert busy.threads == 1 and busy.lowered_by_load and busy.load == 1.8 and busy.free_cores == 0.2
+    assert "1 torch thread (default: 2 cores usable, load 1.8 from other processes" in busy.reason
+    idle = precision.thread_choice(affinity={0, 1}, load=0.1)
+    assert idle.threads == 2 and not idle.lowered_by_load
+    assert "2 torch threads (default: the 2 cores this process may use; load 0.1" in idle.reason
+    assert "load" not in precision.thread_choice(affinity={0}, load=-1).reason.split(";")[0]
+    assert precision.thread_choice(affinity={0}, load=-1).load is None
+    # threads_reason (what train / suite print) reads the same start-time load as default_threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(precision, "_cgroup_cpu_limit", lambda path="": None)
+    monkeypatch.setattr(precision, "load_at_start", lambda: 1.8)
+    assert default_threads() == 1
+    assert "load 1.8 from other processes" in precision.threads_reason(1)
+    assert precision.threads_reason(2, given=True) == "threads: 2 torch threads (--threads)"
+
+
+def test_the_load_is_read_once_per_process(monkeypatch):
+    loads = iter([(0.2, 0.0, 0.0), (7.0, 0.0, 0.0)])
+    monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
+    precision.load_at_start.cache_clear()
+    try:
+        assert precision.load_at_start() == 0.2
+        assert precision.load_at_start() == 0.2       # later reads would count this process's own threads
+    finally:
+        precision.load_at_start.cache_clear()
+    monkeypatch.setattr(os, "getloadavg", lambda: (_ for _ in ()).throw(OSError("no load average")))
+    try:
+        assert precision.load_at_start() is None
+    finally:
+        precision.load_at_start.cache_clear()
+
+
+def test_an_explicit_thread_count_wins_over_the_load(store_path, tmp_path, monkeypatch, capsys):
+    import mfp.policies.training as training
+    from mfp.eval.commands_train import train_parser
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(precision, "_cgroup_cpu_limit", lambda path="": None)
+    monkeypatch.setattr(precision, "load_at_start", lambda: 2.0)              # other jobs take two cores
+    seen = []
+
+    def fake_train(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return {"step": 0, "train_loss": None, "val_loss": None, "val_loss_ema": None, "nonfinite_steps": 0,
+                "last_checkpoint": "-", "world_size": 1}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    parser = argparse.ArgumentParser()
+    train_parser(parser.add_subparsers())
+    base = ["train", "--data", str(store_path), "--out", str(tmp_path / "r"), "--no-progress"]
+    for extra, expected in (([], 2), (["--threads", "3"], 3)):
+        args = parser.parse_args(base + extra)
+        args.run(args)
+        assert seen[-1] == expected, extra
+    out = capsys.readouterr().out
+    assert "threads: 2 torch threads (default: 4 cores usable, load 2.0 from other processes" in out
+    assert "threads: 3 torch threads (--threads)" in out
+
+
 @pytest.fixture
 def three_cores(monkeypatch):
     import os
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     monkeypatch.setattr(precision, "_cgroup_cpu_limit", lambda path="": None)
+    monkeypatch.setattr(precision, "load_at_start", lambda: 0.0)               # idle: the load lowers nothing
 
 
 def test_evaluating_in_this_process_uses_the_worker_thread_rule(monkeypatch):

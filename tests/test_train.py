@@ -380,6 +380,7 @@ def test_bench_train_reports_ratios(tmp_path):
     assert set(saved["ratios"]["none"]) >= {"meanflow_over_flowpolicy", "meanflow_over_splitmeanflow"}
     assert len(res["rows"]) == 6 and "provenance" in saved
     assert set(saved["bf16_speedup"]) == {"meanflow", "flowpolicy", "splitmeanflow"}
+    assert saved["threads_default"]["threads"] >= 1 and "torch thread" in saved["threads_default"]["reason"]
 
 
 def test_bench_latency_reports_speedup(tmp_path, monkeypatch):

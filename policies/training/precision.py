@@ -13,11 +13,21 @@ warns (PrecisionWarning).
     with autocast("cpu", choice.amp): ...
 
 Threads. A torch thread that loses its core stalls every parallel region, so more threads than free cores is the
-slowest choice on a shared machine. The rule (`default_threads`): a process that computes alone takes the cores
-it may use (os.sched_getaffinity, lowered by a cgroup CPU quota), less one per worker process computing beside it
-(DataLoader workers, evaluation workers), at least 1. Batch-1 inference (each evaluation worker, `mfp eval`
-running episodes in its own process, the latency benchmark) is per-operation overhead bound and takes
-INFERENCE_THREADS = 1.
+slowest choice on a shared machine. The rule (`thread_choice`, `default_threads`), with U the cores this process
+may use (os.sched_getaffinity, lowered by a cgroup CPU quota), P the processes like it sharing them (DDP ranks),
+W the worker processes computing beside it (DataLoader workers, evaluation workers) and L the 1-minute load
+average read once per process, when the command starts (os.getloadavg: runnable processes system-wide, so the
+load of OTHER processes; this one has only just started):
+
+    free    = min(U, C - L)                  C = the machine's CPUs (os.cpu_count()), over which L is spread
+    threads = max(1, min(U // P - W, floor(free / P + 0.5) - W))
+
+so threads + workers + other load <= usable cores, with the free cores rounded to the nearest whole core (a load
+below 0.5 per core is the noise of an idle machine and costs no thread). Idle: all usable cores less the workers;
+busy: fewer, never below 1. `min(U, C - L)` keeps a container (whose load average is the host's) from counting
+the load of cores it cannot run on. An explicit --threads always wins. Batch-1 inference (each evaluation
+worker, `mfp eval` running episodes in its own process, the latency benchmark) is per-operation overhead bound
+and takes INFERENCE_THREADS = 1.
 """
 
 from __future__ import annotations
@@ -204,24 +214,82 @@ def available_cores(affinity: Iterable[int] | None = None, cpu_limit: int | None
     return max(1, n)
 
 
+@functools.lru_cache(maxsize=1)
+def load_at_start() -> float | None:
+    """The 1-minute load average (os.getloadavg()[0]) at this process's first call, then the same value for the
+    rest of the process: once the process computes, the load counts its own threads too. None where the platform
+    has no load average (Windows)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int              # torch threads to run
+    usable_cores: int         # cores this process may use (affinity, cgroup quota)
+    workers_beside: int
+    peers: int
+    load: float | None        # 1-min load average of other processes at start (None: unknown, not used)
+    free_cores: float | None  # min(usable, machine CPUs - load): cores that load leaves free
+    lowered_by_load: bool     # the load gave fewer threads than cores and workers alone would
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def thread_choice(workers_beside: int = 0, peers: int = 1, affinity: Iterable[int] | None = None,
+                  cpu_limit: int | None = None, load: float | None = None, machine_cpus: int | None = None
+                  ) -> ThreadChoice:
+    """The default torch thread count and why (the rule in the module docstring). workers_beside: single-threaded
+    worker processes computing beside this one; peers: processes like it sharing the cores (DDP ranks on this
+    machine). affinity, cpu_limit: injectable (see available_cores). load: the 1-min load average of other
+    processes (default: load_at_start(); a negative value means unknown). machine_cpus: the CPUs the load average
+    is spread over (default: os.cpu_count(), at least the usable cores)."""
+    if workers_beside < 0 or peers < 1:
+        raise ValueError(f"default threads need workers_beside >= 0 and peers >= 1, got {workers_beside}, {peers}")
+    usable = available_cores(affinity, cpu_limit)
+    by_cores = max(1, usable // peers - workers_beside)
+    if load is None:
+        load = load_at_start()
+    if load is not None and load < 0:
+        load = None
+    free, threads = None, by_cores
+    if load is not None:
+        cpus = max(usable, machine_cpus or os.cpu_count() or usable)
+        free = min(float(usable), cpus - load)
+        threads = max(1, min(by_cores, math.floor(free / peers + 0.5) - workers_beside))
+    lowered = threads < by_cores
+    n = f"{threads} torch thread{'s' * (threads != 1)}"
+    shared = f" shared by {peers} processes" if peers > 1 else ""
+    beside = f" less {workers_beside} worker process{'es' * (workers_beside != 1)} beside it" if workers_beside else ""
+    if lowered:
+        reason = (f"threads: {n} (default: {usable} cores usable{shared}{beside}, load {load:.1f} from other "
+                  f"processes at start leaves {max(0.0, free):.1f} free; --threads N to override)")
+    else:
+        seen = "load unknown" if load is None else f"load {load:.1f} from other processes at start"
+        reason = (f"threads: {n} (default: the {usable} cores this process may use{shared}{beside}; {seen}; "
+                  f"--threads 1 when other jobs will share the machine)")
+    return ThreadChoice(threads, usable, workers_beside, peers, None if load is None else round(load, 2),
+                        None if free is None else round(free, 2), lowered, reason)
+
+
 def default_threads(workers_beside: int = 0, peers: int = 1, affinity: Iterable[int] | None = None,
-                    cpu_limit: int | None = None) -> int:
+                    cpu_limit: int | None = None, load: float | None = None, machine_cpus: int | None = None) -> int:
     """torch threads for a process that computes while `workers_beside` single-threaded worker processes compute
     beside it: the cores it may use (shared evenly by `peers` processes like it, e.g. DDP ranks on this machine)
-    less one per worker, at least 1. affinity, cpu_limit: injectable (see available_cores)."""
-    if workers_beside < 0 or peers < 1:
-        raise ValueError(f"default_threads needs workers_beside >= 0 and peers >= 1, got {workers_beside}, {peers}")
-    return max(1, available_cores(affinity, cpu_limit) // peers - workers_beside)
+    less one per worker, lowered so that threads + workers + the load of other processes at start fit the cores,
+    at least 1 (see thread_choice; every argument injectable)."""
+    return thread_choice(workers_beside, peers, affinity, cpu_limit, load, machine_cpus).threads
 
 
 def threads_reason(n: int, workers_beside: int = 0, peers: int = 1, given: bool = False) -> str:
-    """One line on how many torch threads run and why."""
+    """One line on how many torch threads run and why (n: the count chosen; given: from --threads)."""
     if given:
         return f"threads: {n} torch thread{'s' * (n != 1)} (--threads)"
-    shared = f" shared by {peers} processes" if peers > 1 else ""
-    beside = f" less {workers_beside} worker process{'es' * (workers_beside != 1)} beside it" if workers_beside else ""
-    return (f"threads: {n} torch thread{'s' * (n != 1)} (default: the {available_cores()} cores this process may "
-            f"use{shared}{beside}; --threads 1 when other jobs share the machine)")
+    return thread_choice(workers_beside, peers).reason
 
 
 @contextlib.contextmanager
