@@ -125,7 +125,7 @@ def configs_from_args(args) -> tuple:
             raise FileNotFoundError(f"{args.out}: nothing to resume (no last.safetensors); "
                                     f"drop --resume to start a run")
         ckpt = read_checkpoint(last)
-        policy, trainer = ckpt.meta["policy_config"], ckpt.meta["train_config"]
+        policy, trainer = ckpt.policy_config.to_dict(), ckpt.meta["train_config"]
     else:
         policy, trainer = {"head": "meanflow"}, {**TrainConfig().to_dict(), "amp": "auto"}
     policy = dict(policy)

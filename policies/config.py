@@ -70,6 +70,7 @@ class AverageVelocityConfig(FlowOutputConfig):
     adaptive_p: float = 0.5         # w = 1 / (||err||^2 + c)^p, stop-gradient; MP1 0.5, MeanFlow paper 1.0
     adaptive_c: float = 1e-3
     error_reduction: str = "sum"    # ||err||^2 per sample: "sum" over (H, A) as in the paper; MP1's code uses "mean"
+    loss_space: str = "velocity"    # the error weighed: "velocity" u - u_tgt; "sample" t (u - u_tgt) = x_tgt - x_hat
     sample_steps: int = 1           # 1 = one network evaluation
 
     def __post_init__(self) -> None:
@@ -78,6 +79,8 @@ class AverageVelocityConfig(FlowOutputConfig):
         n = self.name
         _check_prob(f"{n}.ratio_r_eq_t", self.ratio_r_eq_t)
         _check(self.time_std > 0, f"{n}.time_std must be > 0, got {self.time_std}")
+        _check(self.loss_space in ("velocity", "sample"),
+               f"{n}.loss_space must be 'velocity' or 'sample', got {self.loss_space!r}")
         _check(self.time_dist in ("logit_normal", "uniform"),
                f"{n}.time_dist must be 'logit_normal' or 'uniform', got {self.time_dist!r}")
         _check_prob(f"{n}.ratio_one_step", self.ratio_one_step)
@@ -124,6 +127,10 @@ class SplitMeanFlowConfig(AverageVelocityConfig):
     """SplitMeanFlow: the same u(z, r, t) as MeanFlow, learnt from interval splitting, without a JVP."""
 
     name: ClassVar[str] = "splitmeanflow"
+    # Its interval-splitting target bootstraps on the model's own steps; with the derived velocity of "sample" that
+    # diverged on the 2-D toy (one-step sliced Wasserstein 0.75-0.79 at time scale 1 or 1000, against 0.13 with
+    # "velocity"), so it keeps the velocity parameterisation by default.
+    prediction: str = "velocity"
 
 
 @dataclass
@@ -177,10 +184,12 @@ HeadConfig = Union[MeanFlowConfig, FlowPolicyConfig, DP3Config, SplitMeanFlowCon
 HEAD_CONFIGS: dict[str, type] = {c.name: c for c in (MeanFlowConfig, FlowPolicyConfig, DP3Config, SplitMeanFlowConfig)}
 
 # Scale applied to t in [0, 1] before the sinusoidal time embedding, per head, when UNetConfig.time_scale is None.
-# It enters du/dt directly (ALGORITHMS.md pitfalls): MP1's code feeds t unscaled (1.0); a CPU probe succeeded
-# more often with 1000. DP3 feeds integer diffusion steps (scale = num_train_timesteps reproduces them);
-# FlowPolicy's code multiplies t by 99.
-DEFAULT_TIME_SCALE = {"meanflow": 1000.0, "splitmeanflow": 1000.0, "flowpolicy": 99.0, "dp3": None}
+# It enters du/dt directly (ALGORITHMS.md pitfalls). MeanFlow: 1.0, as MP1's code feeds t; with prediction="sample"
+# a 450-step CPU probe (metaworld/door-open, held-out chunk error) gave 0.17 at scale 1 against 0.24 at 1000
+# (docs/results/2026-12-01-one-step-cpu.md); the velocity parameterisation did better at 1000 (the 2026-11 probe).
+# DP3 feeds integer diffusion steps (scale = num_train_timesteps reproduces them); FlowPolicy's code multiplies t
+# by 99.
+DEFAULT_TIME_SCALE = {"meanflow": 1.0, "splitmeanflow": 1000.0, "flowpolicy": 99.0, "dp3": None}
 
 
 # --- networks -------------------------------------------------------------------------------------------

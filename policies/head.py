@@ -86,6 +86,16 @@ def adaptive_l2_loss(err: torch.Tensor, p: float, c: float, reduction: str = "su
     return (adaptive_weight(sq, p, c) * sq).mean(), sq
 
 
+def average_velocity_error(cfg, u: torch.Tensor, u_tgt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The error an average-velocity head's loss weighs: u - u_tgt ("velocity" loss space, MeanFlow's), or the same
+    error as it moves the one-step endpoint, max(t, t_floor) (u - u_tgt) = x_tgt - x_hat ("sample" loss space, the
+    clean-sample loss DP3 trains with). All (B, H, A); t (B,)."""
+    err = u - u_tgt
+    if cfg.loss_space == "sample":
+        err = err * expand_time(t.clamp_min(cfg.t_floor), err)
+    return err
+
+
 def sample_times(cfg, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r), each (B,) in x's dtype, for an average-velocity head's config (time_dist, a fraction r = t, a
     fraction at the one-step query (r, t) = (0, 1))."""

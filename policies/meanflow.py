@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .config import MeanFlowConfig
-from .head import DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
+from .head import (DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_error, average_velocity_sample,
+                   expand_time, sample_times)
 
 
 def guided_velocity(v: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor, w: float, kappa: float,
@@ -96,7 +97,7 @@ class MeanFlowHead(Head):
         e = torch.randn_like(x)
         dropped = (torch.rand(B, device=x.device) < cfg.p_uncond) if cfg.p_uncond > 0 else None  # (B,) bool
         u, u_tgt, _, dudt, features = self.targets(net, x, e, t, r, cond, dropped)
-        loss, _ = adaptive_l2_loss(u - u_tgt, cfg.adaptive_p, cfg.adaptive_c, cfg.error_reduction)
+        loss, _ = adaptive_l2_loss(average_velocity_error(cfg, u, u_tgt, t), cfg.adaptive_p, cfg.adaptive_c, cfg.error_reduction)
         logs = {"flow_loss": loss.item(), "mse": (u - u_tgt).detach().pow(2).mean().item(),
                 "dudt_abs": dudt.abs().mean().item()}
         return HeadLoss(loss, logs, features if return_features else [])

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .config import SplitMeanFlowConfig
-from .head import DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_sample, expand_time, sample_times
+from .head import (DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_error, average_velocity_sample,
+                   expand_time, sample_times)
 
 
 class SplitMeanFlowHead(Head):
@@ -40,7 +41,7 @@ class SplitMeanFlowHead(Head):
             split = (1 - expand_time(lam, x)) * u1 + expand_time(lam, x) * u2
             u_tgt = torch.where(expand_time(t == r, x), v, split)
         u, features = net(z_t, t, r, cond=cond, return_features=True)
-        loss, _ = adaptive_l2_loss(u - u_tgt, cfg.adaptive_p, cfg.adaptive_c, cfg.error_reduction)
+        loss, _ = adaptive_l2_loss(average_velocity_error(cfg, u, u_tgt, t), cfg.adaptive_p, cfg.adaptive_c, cfg.error_reduction)
         logs = {"flow_loss": loss.item(), "mse": (u - u_tgt).detach().pow(2).mean().item()}
         return HeadLoss(loss, logs, list(features) if return_features else [])
 

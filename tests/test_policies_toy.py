@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mfp.policies import DP3Config, FlowPolicyConfig, MeanFlowConfig, SplitMeanFlowConfig
+from mfp.policies.config import DEFAULT_TIME_SCALE
 from mfp.policies.dp3 import DP3Head
 from mfp.policies.flowpolicy import FlowPolicyHead
 from mfp.policies.meanflow import MeanFlowHead
@@ -92,18 +93,22 @@ def test_distance_floor_and_collapse_reference():
     assert floor < 0.06 and between_modes > 0.4     # a sampler collapsed between the modes is far off
 
 
-def test_meanflow_one_step_matches_and_wrong_target_does_not():
-    # time_scale 1 for this MLP: with 1000 (the policy default) one-step SW was 0.19-0.46 over 3 seeds at this
-    # budget, the large du/dt slowing training (ALGORITHMS.md pitfalls); with 1: 0.12-0.15, wrong target 0.43-0.47.
-    right = train_and_measure(MeanFlowHead(MeanFlowConfig()), True, 1.0, steps=1000)
-    wrong = train_and_measure(MeanFlowWithoutJVP(MeanFlowConfig()), True, 1.0, steps=1000)
-    print(f"meanflow one-step SW {right:.3f}; without the JVP term {wrong:.3f}")
+@pytest.mark.parametrize("prediction", ["sample", "velocity"])
+def test_meanflow_one_step_matches_and_wrong_target_does_not(prediction):
+    # What ships: MeanFlowConfig's defaults and the policy's MeanFlow time scale (DEFAULT_TIME_SCALE), with the
+    # backbone predicting the clean sample (the default) or the velocity. Clamping is off: the toy reaches +-1.9.
+    scale = DEFAULT_TIME_SCALE["meanflow"]
+    cfg = MeanFlowConfig(prediction=prediction, clip_sample=False)
+    right = train_and_measure(MeanFlowHead(cfg), True, scale, steps=1000)
+    wrong = train_and_measure(MeanFlowWithoutJVP(cfg), True, scale, steps=1000)
+    print(f"meanflow ({prediction}) one-step SW {right:.3f}; without the JVP term {wrong:.3f}")
     assert right < THRESHOLD < wrong
-    assert wrong > 2 * right
+    assert wrong > 1.5 * right
 
 
 def test_splitmeanflow_one_step_matches():
-    d = train_and_measure(SplitMeanFlowHead(SplitMeanFlowConfig()), True, 1000.0, steps=2000)
+    d = train_and_measure(SplitMeanFlowHead(SplitMeanFlowConfig(clip_sample=False)), True,
+                          DEFAULT_TIME_SCALE["splitmeanflow"], steps=2000)
     print(f"splitmeanflow one-step SW {d:.3f}")
     assert d < THRESHOLD
 
@@ -115,11 +120,18 @@ def test_dp3_ddim_matches():
     assert d < THRESHOLD
 
 
-def test_flowpolicy_matches_with_one_step_per_segment():
-    # FlowPolicy's one-step sampler extrapolates across both consistency segments; on a bimodal target that
-    # is biased, so the distribution test samples with one Euler step per segment (2 network evaluations).
-    head = FlowPolicyHead(FlowPolicyConfig(num_segments=2))
+@pytest.mark.parametrize("prediction", ["sample", "velocity"])
+def test_flowpolicy_matches_with_one_step_per_segment(prediction):
+    # FlowPolicy's one-step sampler extrapolates across both consistency segments of its default config; on a
+    # bimodal target that is biased (one-step SW about 0.44 here, worse than collapsing between the modes), so the
+    # distribution test samples with one Euler step per segment (2 network evaluations) ...
+    head = FlowPolicyHead(FlowPolicyConfig(num_segments=2, prediction=prediction, clip_sample=False))
     net = train(head, False, 99.0, steps=2000, lr=2e-3, batch=1024)   # consistency training is slow and noisy
     d2, d1 = distance(head, net, sample_steps=2), distance(head, net, sample_steps=1)
-    print(f"flowpolicy 2-step SW {d2:.3f}, 1-step SW {d1:.3f}")
-    assert d2 < THRESHOLD
+    print(f"flowpolicy ({prediction}) 2-step SW {d2:.3f}, 1-step SW {d1:.3f}")
+    assert d2 < THRESHOLD < d1
+    # ... and with a single segment, one step is the whole path and matches.
+    head = FlowPolicyHead(FlowPolicyConfig(num_segments=1, prediction=prediction, clip_sample=False))
+    d = distance(head, train(head, False, 99.0, steps=2000, lr=2e-3, batch=1024), sample_steps=1)
+    print(f"flowpolicy ({prediction}) one segment, 1-step SW {d:.3f}")
+    assert d < THRESHOLD
