@@ -44,7 +44,7 @@ def train_parser(sub) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=None, help="optimiser steps of the whole run (default: 1000)")
     t.add_argument("--batch-size", type=int, default=None, help="samples per step and process (default: 64; MP1 128)")
-    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4)")
+    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 3e-4; MP1 and DP3 use 1e-4)")
     t.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 1e-6)")
     t.add_argument("--warmup", type=int, default=None,
                    help="linear warm-up steps of the cosine schedule, at most steps/10 (default: 500)")

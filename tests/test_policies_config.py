@@ -78,11 +78,12 @@ def test_to_dict_from_dict_round_trip_through_json(cfg):
 
 
 def test_time_scale_defaults_per_head_and_explicit_value_wins():
-    assert PolicyConfig(head="meanflow").unet.time_scale == 1000.0
+    assert PolicyConfig(head="meanflow").unet.time_scale == 1.0          # MP1's code; best with prediction=sample
+    assert PolicyConfig(head="splitmeanflow").unet.time_scale == 1000.0
     assert PolicyConfig(head="dp3").unet.time_scale == 100.0         # DP3's integer diffusion steps
     assert PolicyConfig(head="flowpolicy").unet.time_scale == 99.0
     shared = UNetConfig()
-    assert PolicyConfig(head="meanflow", unet=UNetConfig(time_scale=1.0)).unet.time_scale == 1.0
+    assert PolicyConfig(head="meanflow", unet=UNetConfig(time_scale=1000.0)).unet.time_scale == 1000.0
     PolicyConfig(head="dp3", unet=shared)
     assert shared.time_scale is None                                 # the caller's object is not mutated
 
