@@ -47,14 +47,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ros_env(tmp_path_factory):
+def _require_ros() -> None:
+    """Skip without ROS; in CI fail instead."""
     missing = _ros_missing()
     if missing and _ros_required():
         pytest.fail(f"ROS 1 is required in CI (set MFP_NO_ROS=1 to run without it) but {missing}: "
                     f"scripts/setup.sh installs it", pytrace=False)
     if missing:
         pytest.skip(f"ROS 1 not installed ({missing}; scripts/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def ros_env(tmp_path_factory):
+    _require_ros()
     port = _free_port()
     env = {**os.environ, "ROS_MASTER_URI": f"http://127.0.0.1:{port}", "ROS_HOSTNAME": "127.0.0.1",
            "ROS_HOME": str(tmp_path_factory.mktemp("ros_home")), "MUJOCO_GL": "egl"}
@@ -350,21 +355,18 @@ def test_bag_recorded_with_rosbag_from_the_simulated_robot_imports_and_trains(tm
     assert (run / "last.safetensors").exists()
 
 
-def test_missing_ros_fails_in_ci_and_skips_elsewhere(tmp_path):
+def test_missing_ros_fails_in_ci_and_skips_elsewhere(tmp_path, monkeypatch):
     """Without ROS the ROS tests skip on a developer's machine, fail in CI, and skip in CI with MFP_NO_ROS=1."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "MFP_NO_ROS")}
-    env["PATH"] = str(tmp_path)  # no roscore
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-           "-k", "test_task_solved_through_ros_topics"]
-    root = Path(__file__).resolve().parent.parent
-
-    def outcome(**extra) -> tuple[int, str]:
-        r = subprocess.run(cmd, env={**env, **extra}, cwd=root, capture_output=True, text=True, timeout=WAIT_S)
-        return r.returncode, r.stdout + r.stderr
-
-    rc, out = outcome()
-    assert rc == 0 and "1 skipped" in out, out
-    rc, out = outcome(CI="true")
-    assert rc == 1 and "1 error" in out and "ROS 1 is required in CI" in out, out
-    rc, out = outcome(CI="true", MFP_NO_ROS="1")
-    assert rc == 0 and "1 skipped" in out, out
+    monkeypatch.setenv("PATH", str(tmp_path))  # no roscore
+    monkeypatch.delenv("MFP_NO_ROS", raising=False)
+    for ci, no_ros, outcome in [(None, None, pytest.skip.Exception), ("true", None, pytest.fail.Exception),
+                                ("1", "0", pytest.fail.Exception), ("true", "1", pytest.skip.Exception),
+                                ("false", None, pytest.skip.Exception)]:
+        for name, value in (("CI", ci), ("MFP_NO_ROS", no_ros)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        with pytest.raises(outcome) as e:
+            _require_ros()
+        assert "roscore is not on PATH" in str(e.value), (ci, no_ros)
