@@ -6,9 +6,11 @@ hold message drops pending actions, and an e-stop message stops the robot for go
 The e-stop is the node's first subscription, made before the simulator is built (seconds on a busy machine),
 and latched for the node's life: one that comes before the robot exists, before the first action or during the
 episode stops the robot all the same, and the summary reports it. The node then publishes the e-stop itself,
-latched, for as long as it lives: a controller that starts after the stop is stopped on connecting. The episode starts at the first action (or
-the e-stop): until then the robot stands still and keeps publishing its view, so a controller that is slow to
-start (warm-up, a loaded machine) finds the whole episode ahead of it.
+latched, for as long as it lives: a controller that starts after the stop is stopped on connecting.
+
+The episode starts at the first action (or the e-stop, after which the robot only holds): until then the robot
+stands still and keeps publishing its view, so a controller that is slow to start (warm-up, a loaded machine)
+finds the whole episode ahead of it.
 
 Progress lines on stdout, one each, for whoever waits on the node (tests, scripts): "ros-sim: e-stop subscribed",
 "ros-sim: publishing", "ros-sim: controller connected" (the cloud and state topics have subscribers),
