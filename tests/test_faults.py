@@ -203,7 +203,7 @@ def test_kill_during_training_and_checkpoint_writes_then_resume(store_path, refe
     rng = random.Random(0)
     run = tmp_path / "run"
     fresh = mfp("train", "--data", store_path, "--out", run, "--ckpt-every", 1, *TRAIN_FLAGS)
-    resume = mfp("train", "--data", store_path, "--out", run, "--resume", "--no-progress")
+    resume = mfp("train", "--data", store_path, "--out", run, "--resume", "--no-progress", "--threads", "1")  # same threads: same sums
     trials, problems, cmd, before = [], [], fresh, {}
 
     def next_run_started(trial: dict) -> None:  # the run after `trial`'s kill has written checkpoints now
@@ -302,7 +302,7 @@ def test_disk_full_while_writing_a_checkpoint(store_path, reference, tmp_path):
     assert 0 < step < STEPS and not temp_files(run)
 
     trials, problems = [], []
-    resume = mfp("train", "--data", store_path, "--out", run, "--resume", "--no-progress")
+    resume = mfp("train", "--data", store_path, "--out", run, "--resume", "--no-progress", "--threads", "1")  # same threads: same sums
     for limit in (size // 2, 64 * 1024):  # the disk fills up in the middle of the data / of the header
         r = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=600,
                            preexec_fn=_file_size_limit(limit))
