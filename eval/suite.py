@@ -87,8 +87,8 @@ class SuiteConfig:
 
     def row_variant(self, head: str) -> dict | None:
         """What a results row records of `head`'s variant: None for a head with its defaults."""
-        variant = self.variant_of(head)
-        return None if variant.label == variant.head and not any(variant.overrides().values()) else variant.overrides()
+        variant = self.variant_of(head)      # a head's own name is never a variant label (resolve_variants)
+        return None if variant.label == variant.head else variant.overrides()
 
     def expert_budget(self) -> dict:
         """The expert's results depend only on the evaluation episodes."""
