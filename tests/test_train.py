@@ -134,15 +134,16 @@ def test_bad_checkpoints_and_mismatched_resumes_are_refused(store_path, tmp_path
     from safetensors.torch import save_file
 
     run = tmp_path / "run"
-    train(store_path, tiny("meanflow"), quick(steps=2), run, progress=False)
+    same = dict(steps=2, lr=2e-4)  # explicit lr: the message below must not depend on TrainConfig's default
+    train(store_path, tiny("meanflow"), quick(**same), run, progress=False)
     last = run / "last.safetensors"
 
     with pytest.raises(CheckpointError, match="head 'meanflow'.*'flowpolicy'"):
-        train(store_path, tiny("flowpolicy"), quick(steps=2), run, resume=True, progress=False)
+        train(store_path, tiny("flowpolicy"), quick(**same), run, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="unet.down_dims"):
-        train(store_path, tiny("meanflow", unet={"preset": "tiny", "down_dims": (16, 32)}), quick(steps=2), run,
+        train(store_path, tiny("meanflow", unet={"preset": "tiny", "down_dims": (16, 32)}), quick(**same), run,
               resume=True, progress=False)
-    with pytest.raises(CheckpointError, match="lr: checkpoint 0.0001 vs asked 0.001"):
+    with pytest.raises(CheckpointError, match="lr: checkpoint 0.0002 vs asked 0.001"):
         train(store_path, tiny("meanflow"), quick(steps=2, lr=1e-3), run, resume=True, progress=False)
     with pytest.raises(FileExistsError, match="already holds a training run"):
         train(store_path, tiny("meanflow"), quick(steps=2), run, progress=False)
