@@ -119,3 +119,123 @@ def test_point_cloud_config_validation():
         PointCloudConfig(num_points=0)
     cfg = PointCloudConfig(num_points=256)
     assert PointCloudConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --- the fast path (issue 16): crop on the depth image, cached rays, bucket FPS ---------------------------------
+from scipy.spatial import cKDTree  # noqa: E402
+from scipy.spatial.distance import pdist  # noqa: E402
+
+from mfp.envs.pointcloud import backproject_cropped  # noqa: E402
+from mfp.envs.pointcloud_bench import (bench_preprocessing, open3d_farthest_point_sample,  # noqa: E402
+                                       reference_backproject, reference_depth_to_point_cloud)
+
+SCENE_BOX = ((-0.1, -0.5, 0.05), (0.5, 0.1, 0.3))       # cuts through the box and leaves the floor out
+
+
+def _rendered(scene, **camera_kwargs):
+    model, data = scene
+    cam = MujocoCamera(model, data, 96, 80, **camera_kwargs)
+    depth, K, pose = cam.render_depth(), cam.K, cam.cam_to_world()
+    cam.close()
+    return depth, K, pose
+
+
+def _holes(depth):
+    """The depth image with the invalid values a real camera gives: NaN, +inf, 0 and a negative reading."""
+    depth = depth.copy()
+    depth[0, :4] = [np.nan, np.inf, 0.0, -1.0]
+    depth[40, 40:44] = [np.nan, np.inf, 0.0, -1.0]
+    return depth
+
+
+@pytest.mark.parametrize("camera_kwargs", [{"name": "cam"}, {"pos": (1.0, 0.8, 0.9), "lookat": (0.2, -0.1, 0.05)}],
+                         ids=["named", "free"])
+def test_cropping_on_the_depth_image_keeps_exactly_the_points_of_the_box(scene, camera_kwargs):
+    depth, K, pose = _rendered(scene, **camera_kwargs)
+    depth = _holes(depth)
+    for low, high in (SCENE_BOX, ((-2, -2, -0.01), (2, 2, 0.001)), ((-9, -9, -9), (9, 9, 9))):  # part, floor, all
+        fast = backproject_cropped(depth, K, pose, low, high)
+        full = crop(backproject(depth, K, pose), low, high)
+        np.testing.assert_array_equal(fast, full)          # the same points, bit for bit, in the same order
+        assert len(fast) > 100
+    # ... and those are the earlier implementation's points, up to float rounding of the rotation.
+    ref = crop(reference_backproject(depth, K, pose), *SCENE_BOX)
+    fast = backproject_cropped(depth, K, pose, *SCENE_BOX)
+    assert fast.shape == ref.shape
+    np.testing.assert_allclose(fast, ref, atol=2e-6)
+
+
+def test_points_on_the_crop_faces_are_decided_like_the_world_frame_crop():
+    """Boxes whose faces pass exactly through back-projected points (random tilted cameras, random depth): the
+    depth window must never drop a point the world-frame crop keeps, nor keep one it drops."""
+    rng = np.random.default_rng(3)
+    K = intrinsics_from_fovy(60.0, 40, 30)
+    for _ in range(20):
+        q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = q * np.sign(np.linalg.det(q)), rng.uniform(-1, 1, 3)
+        depth = rng.uniform(0.2, 3.0, (30, 40)).astype(np.float32)
+        pts = backproject(depth, K, T)
+        i, j = rng.choice(len(pts), 2, replace=False)
+        low, high = np.minimum(pts[i], pts[j]), np.maximum(pts[i], pts[j])   # faces through two points
+        if _ % 2:
+            low[0] = T[0, 3]                                   # the camera centre on a face: rays nearly flat
+        fast = backproject_cropped(depth, K, T, low, high)
+        np.testing.assert_array_equal(fast, crop(pts, low, high))
+        assert len(fast) >= (0 if _ % 2 else 2)
+
+
+def test_rays_are_cached_per_camera_pose():
+    K = intrinsics_from_fovy(45.0, 16, 12)
+    depth = np.random.default_rng(0).uniform(0.5, 2.0, (12, 16)).astype(np.float32)
+    for angle in (0.0, 0.3, 0.0, 0.6):                         # the same K and shape, moving poses
+        T = np.eye(4)
+        T[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+        T[:3, 3] = [angle, 0.1, 1.0]
+        np.testing.assert_allclose(backproject(depth, K, T), reference_backproject(depth, K, T), atol=2e-6)
+
+
+def _clouds():
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(c, 0.05, (600, 3)) for c in rng.uniform(-1, 1, (4, 3))])
+    return {"cube": rng.uniform(-1, 1, (3000, 3)), "blobs": blobs,
+            "plane": np.c_[rng.uniform(0, 1, (2500, 2)), np.zeros(2500)]}
+
+
+@pytest.mark.parametrize("n", [64, 512])
+def test_fps_covers_the_cloud_as_well_as_open3d(n):
+    """Coverage (distance from each input point to its nearest sample): mean within 5 % and worst case within
+    10 % of open3d's; and the greedy farthest-point property: no two samples are closer than the farthest any
+    input point is from the samples (random or grid subsampling fail it)."""
+    for name, cloud in _clouds().items():
+        cloud = cloud.astype(np.float32)
+        ours, theirs = farthest_point_sample(cloud, n), open3d_farthest_point_sample(cloud, n)
+        d_ours, d_theirs = cKDTree(ours).query(cloud)[0], cKDTree(theirs).query(cloud)[0]
+        assert d_ours.mean() <= 1.05 * d_theirs.mean(), name
+        assert d_ours.max() <= 1.10 * d_theirs.max(), name
+        assert pdist(ours).min() >= d_ours.max() - 1e-6, name
+        assert len(np.unique(ours, axis=0)) == n, name
+        random = cloud[np.random.default_rng(1).choice(len(cloud), n, replace=False)]
+        assert pdist(random).min() < cKDTree(random).query(cloud)[0].max()   # the property test has teeth
+
+
+def test_pipeline_matches_the_earlier_one_on_a_rendered_scene(scene):
+    depth, K, pose = _rendered(scene, name="cam")
+    camera = CameraModel(K=K, cam_to_world=pose, width=96, height=80, name="cam")
+    cfg = PointCloudConfig(num_points=128, crop_low=SCENE_BOX[0], crop_high=SCENE_BOX[1], max_points_before_fps=4096)
+    new, old = depth_to_point_cloud(depth, camera, cfg), reference_depth_to_point_cloud(depth, camera, cfg)
+    assert new.shape == old.shape == (128, 3) and new.dtype == np.float32
+    inside = crop(backproject(depth, K, pose), *SCENE_BOX)
+    assert cKDTree(inside).query(new)[0].max() == 0.0                   # every sample is a point of the crop
+    d_new, d_old = cKDTree(new).query(inside)[0], cKDTree(old).query(inside)[0]
+    assert d_new.mean() <= 1.05 * d_old.mean() and d_new.max() <= 1.10 * d_old.max()
+    np.testing.assert_array_equal(new, depth_to_point_cloud(depth, camera, cfg))     # deterministic
+
+
+def test_preprocessing_benchmark_reports_both_paths(scene):
+    depth, K, pose = _rendered(scene, name="cam")
+    camera = CameraModel(K=K, cam_to_world=pose, width=96, height=80, name="cam")
+    cfg = PointCloudConfig(num_points=64, crop_low=SCENE_BOX[0], crop_high=SCENE_BOX[1], max_points_before_fps=4096)
+    stats = bench_preprocessing(depth, camera, cfg, calls=3, warmup=1)
+    assert stats["old_ms"]["p50"] > 0 and stats["new_ms"]["p50"] > 0 and stats["speedup_p50"] > 0
+    assert stats["image"] == [80, 96] and stats["calls"] == 3 and stats["cpu_capability"]
