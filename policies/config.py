@@ -15,10 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
+
 from .config_checks import check_fields
 
-HEAD_NAMES = ("meanflow", "flowpolicy", "dp3", "splitmeanflow")
+# A head's config dataclass (MeanFlowConfig, ...): whichever class the head registry names (policies/heads.py).
+HeadConfig = Any
+
+
+def __getattr__(name: str) -> Any:
+    """HEAD_NAMES, HEAD_CONFIGS and DEFAULT_TIME_SCALE, read from the head registry (policies/heads.py) when asked,
+    so that they list every registered head."""
+    if name not in ("HEAD_NAMES", "HEAD_CONFIGS", "DEFAULT_TIME_SCALE"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .heads import registered_heads
+
+    heads = registered_heads()
+    if name == "HEAD_NAMES":
+        return tuple(heads)
+    if name == "HEAD_CONFIGS":
+        return {n: spec.config for n, spec in heads.items()}
+    return {n: spec.time_scale for n, spec in heads.items()}      # DEFAULT_TIME_SCALE
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -183,17 +200,6 @@ class DP3Config:
                f"dp3.beta_schedule {self.beta_schedule!r} is not one of squaredcos_cap_v2, linear, scaled_linear")
 
 
-HeadConfig = Union[MeanFlowConfig, FlowPolicyConfig, DP3Config, SplitMeanFlowConfig]
-HEAD_CONFIGS: dict[str, type] = {c.name: c for c in (MeanFlowConfig, FlowPolicyConfig, DP3Config, SplitMeanFlowConfig)}
-
-# Scale applied to t in [0, 1] before the sinusoidal time embedding, per head, when UNetConfig.time_scale is None.
-# It enters du/dt directly (ALGORITHMS.md pitfalls). MeanFlow: 1.0, as MP1's code feeds t; with prediction="sample"
-# a 450-step CPU probe (metaworld/door-open, held-out chunk error) gave 0.17 at scale 1 against 0.24 at 1000
-# (docs/results/2026-12-01-one-step-cpu.md); the velocity parameterisation did better at 1000 (the 2026-11 probe).
-# DP3 feeds integer diffusion steps (scale = num_train_timesteps reproduces them); FlowPolicy's code multiplies t
-# by 99.
-DEFAULT_TIME_SCALE = {"meanflow": 1.0, "splitmeanflow": 1000.0, "flowpolicy": 99.0, "dp3": None}
-
 
 # --- networks -------------------------------------------------------------------------------------------
 @dataclass
@@ -237,7 +243,7 @@ class UNetConfig:
     time_embed_dim: int | None = None
     kernel_size: int = 5
     n_groups: int = 8
-    time_scale: float | None = None     # None: the head's reference value (DEFAULT_TIME_SCALE)
+    time_scale: float | None = None     # None: the head's reference value (its HeadSpec.time_scale)
     time_combine: str = "sum"           # two-time heads: "sum" or "concat" the two time embeddings
     second_time: str = "r"              # two-time heads embed (t, r) or (t, t - r)
 
@@ -300,8 +306,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        _check(self.head in HEAD_NAMES, f"head must be one of {HEAD_NAMES}, got {self.head!r}")
-        head_cls = HEAD_CONFIGS[self.head]
+        head_cls = self.head_spec.config        # an unknown head: ValueError "head must be one of ..."
         if self.head_cfg is None:
             self.head_cfg = head_cls()
         elif isinstance(self.head_cfg, dict):
@@ -331,14 +336,21 @@ class PolicyConfig:
                f"dispersive.blocks {self.dispersive.blocks} index down blocks, but the UNet has only "
                f"{len(self.unet.down_dims)} (down_dims {self.unet.down_dims})")
         if self.unet.time_scale is None:
-            scale = DEFAULT_TIME_SCALE[self.head]
+            scale = self.head_spec.time_scale
             scale = float(self.head_cfg.num_train_timesteps if scale is None else scale)
             self.unet = dataclasses.replace(self.unet, time_scale=scale)   # a copy: a shared UNetConfig stays as given
 
     @property
+    def head_spec(self):
+        """The head's registry entry (policies/heads.py HeadSpec)."""
+        from .heads import head_spec
+
+        return head_spec(self.head)
+
+    @property
     def two_times(self) -> bool:
         """Whether the backbone is conditioned on two times (r, t) (the average-velocity heads)."""
-        return self.head in ("meanflow", "splitmeanflow")
+        return self.head_spec.two_times
 
     @property
     def global_cond_dim(self) -> int:
@@ -366,7 +378,10 @@ class PolicyConfig:
     def from_saved(cls, data: dict[str, Any]) -> "PolicyConfig":
         """A config saved in a checkpoint. A head field added after the checkpoint was written takes the value
         that reproduces how that checkpoint acted (the head config's LEGACY), not today's default."""
-        head_cls = HEAD_CONFIGS.get(data.get("head", "meanflow")) if isinstance(data, dict) else None
+        from .heads import registered_heads
+
+        spec = registered_heads().get(data.get("head", "meanflow")) if isinstance(data, dict) else None
+        head_cls = spec.config if spec else None
         legacy = getattr(head_cls, "LEGACY", None)
         if legacy and isinstance(data.get("head_cfg"), dict):
             data = {**data, "head_cfg": {**legacy, **data["head_cfg"]}}

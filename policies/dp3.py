@@ -14,10 +14,10 @@ from torch import nn
 
 from .config import DP3Config
 from .head import Head, HeadLoss
+from .heads import HeadSpec, register_head
 
 
 class DP3Head(Head):
-    two_times = False
 
     def __init__(self, cfg: DP3Config):
         super().__init__(cfg)
@@ -51,3 +51,8 @@ class DP3Head(Head):
             out = net(z, torch.full((B,), float(k) / N, device=z.device, dtype=z.dtype), cond=cond)
             z = scheduler.step(out, k, z, eta=0.0, generator=generator).prev_sample
         return z
+
+
+# Time scale None: DP3 feeds integer diffusion steps (scale = num_train_timesteps reproduces them).
+register_head(HeadSpec("dp3", DP3Config, DP3Head,
+                       two_times=False, time_scale=None, label="DP3 DDIM-10"))

@@ -1,5 +1,5 @@
 """`build_policy(config) -> BasePolicy`: the one entry point that turns a PolicyConfig (or its dict from a
-checkpoint) into a policy. Every head name in config.HEAD_NAMES is served by PointCloudPolicy."""
+checkpoint) into a policy. Every registered head (heads.py) is served by PointCloudPolicy."""
 
 from __future__ import annotations
 

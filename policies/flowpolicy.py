@@ -23,10 +23,10 @@ from torch import nn
 
 from .config import FlowPolicyConfig
 from .head import DerivedVelocity, Head, HeadLoss, expand_time
+from .heads import HeadSpec, register_head
 
 
 class FlowPolicyHead(Head):
-    two_times = False
     cfg: FlowPolicyConfig
 
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
@@ -77,3 +77,8 @@ class FlowPolicyHead(Head):
         for i in range(steps):
             z = z - (times[i] - times[i + 1]) * net(z, times[i].expand(B), cond=cond)
         return self.clip(z)
+
+
+# Time scale 99: FlowPolicy's code multiplies t by 99.
+register_head(HeadSpec("flowpolicy", FlowPolicyConfig, FlowPolicyHead,
+                       two_times=False, time_scale=99.0, label="FlowPolicy 1-step"))

@@ -23,11 +23,9 @@ class HeadLoss:
 
 
 class Head(nn.Module, abc.ABC):
-    two_times: bool = False                 # whether the backbone takes (r, t) rather than t alone
-
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.cfg = cfg                      # the head's config dataclass (config.HEAD_CONFIGS)
+        self.cfg = cfg                      # the head's config dataclass (its HeadSpec.config, heads.py)
 
     @abc.abstractmethod
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,

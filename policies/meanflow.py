@@ -22,6 +22,7 @@ from torch import nn
 from .config import MeanFlowConfig
 from .head import (DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_error, average_velocity_sample,
                    expand_time, sample_times)
+from .heads import HeadSpec, register_head
 
 
 def guided_velocity(v: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor, w: float, kappa: float,
@@ -51,7 +52,6 @@ def jvp_dudt(fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dz_dt: torch
 
 
 class MeanFlowHead(Head):
-    two_times = True
     cfg: MeanFlowConfig
 
     def target(self, v_tilde: torch.Tensor, dudt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -107,3 +107,10 @@ class MeanFlowHead(Head):
                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
         return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
                                                  steps or self.cfg.sample_steps))
+
+
+# Time scale 1.0, as MP1's code feeds t; with prediction="sample" a 450-step CPU probe (metaworld/door-open,
+# held-out chunk error) gave 0.17 at scale 1 against 0.24 at 1000 (docs/results/2026-12-01-one-step-cpu.md); the
+# velocity parameterisation did better at 1000 (the 2026-11 probe).
+register_head(HeadSpec("meanflow", MeanFlowConfig, MeanFlowHead,
+                       two_times=True, time_scale=1.0, label="MeanFlow 1-NFE"))

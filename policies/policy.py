@@ -21,13 +21,8 @@ from .unet import ConditionalUnet1D
 
 
 def make_head(config: PolicyConfig) -> Head:
-    from .dp3 import DP3Head
-    from .flowpolicy import FlowPolicyHead
-    from .meanflow import MeanFlowHead
-    from .splitmeanflow import SplitMeanFlowHead
-
-    heads = {"meanflow": MeanFlowHead, "flowpolicy": FlowPolicyHead, "dp3": DP3Head, "splitmeanflow": SplitMeanFlowHead}
-    return heads[config.head](config.head_cfg)
+    """The head objective `config.head` names (the head registry, heads.py), built from config.head_cfg."""
+    return config.head_spec.head(config.head_cfg)
 
 
 class PointCloudPolicy(BasePolicy):

@@ -17,10 +17,10 @@ from torch import nn
 from .config import SplitMeanFlowConfig
 from .head import (DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_error, average_velocity_sample,
                    expand_time, sample_times)
+from .heads import HeadSpec, register_head
 
 
 class SplitMeanFlowHead(Head):
-    two_times = True
     cfg: SplitMeanFlowConfig
 
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
@@ -50,3 +50,7 @@ class SplitMeanFlowHead(Head):
                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
         return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
                                                  steps or self.cfg.sample_steps))
+
+
+register_head(HeadSpec("splitmeanflow", SplitMeanFlowConfig, SplitMeanFlowHead,
+                       two_times=True, time_scale=1000.0, label="SplitMeanFlow 1-NFE"))
