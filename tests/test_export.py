@@ -176,6 +176,8 @@ def test_dp3_is_refused_and_an_unfitted_policy_too(tmp_path):
     bare = build_policy(PolicyConfig(head="meanflow", n_points=N_POINTS, unet={"preset": "tiny"}))
     with pytest.raises(ExportError, match="normaliser has no statistics"):
         export_onnx(bare, tmp_path / "bare.onnx")
+    with pytest.raises(ExportError, match="is a folder"):
+        export_onnx(dp3, tmp_path)
     assert not list(tmp_path.iterdir())                               # nothing written
 
 
@@ -185,6 +187,7 @@ def test_a_multi_step_one_time_head_exports_with_its_steps(tmp_path):
     policy = fitted(build_policy(cfg))
     onnx_policy = OnnxPolicy(export_onnx(policy, tmp_path / "fp.onnx"))
     assert onnx_policy.metadata["graph"]["sample_steps"] == 2 and onnx_policy.metadata["checkpoint"] is None
+    assert onnx_policy.checkpoint_info["step"] is None and onnx_policy.checkpoint_info["data"] == {}
     obs = {"point_cloud": torch.randn(2, 2, N_POINTS, 3), "agent_pos": torch.randn(2, 2, AGENT_DIM)}
     a = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))["action_pred"]
     b = onnx_policy.predict_action(obs, generator=torch.Generator().manual_seed(0))["action_pred"]

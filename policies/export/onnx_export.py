@@ -35,6 +35,9 @@ def export_onnx(policy_or_checkpoint, out_path, sample_steps: int | None = None,
     policy_or_checkpoint: a PointCloudPolicy (with its normaliser set), or a checkpoint file / run folder (its EMA
     weights unless use_ema=False). sample_steps: network evaluations per call, default the head's own.
     Raises ExportError for a head that cannot be exported (DP3) or a policy without normaliser statistics."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ExportError(f"export_onnx: {out_path} is a folder; give the path of the .onnx file to write")
     policy, info, ckpt_provenance = _resolve(policy_or_checkpoint, use_ema)
     graph = OneStepGraph(policy, sample_steps)
     model = _trace(graph, policy.config, opset)
@@ -49,7 +52,7 @@ def export_onnx(policy_or_checkpoint, out_path, sample_steps: int | None = None,
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    return atomic_write_bytes(Path(out_path), model.SerializeToString())
+    return atomic_write_bytes(out_path, model.SerializeToString())
 
 
 def _resolve(policy_or_checkpoint, use_ema: bool):

@@ -60,7 +60,7 @@ class OnnxPolicy:
         except ValueError as e:
             raise ExportError(str(e)) from e
         self.shapes = metadata.io_shapes(self.config)
-        ckpt = self.metadata["checkpoint"] or {}
+        ckpt = {"path": None, "step": None, "weights": None, **(self.metadata["checkpoint"] or {})}
         self.checkpoint_info = {**ckpt, "policy_config": self.metadata["policy_config"],
                                 "train_config": self.metadata["train_config"], "data": self.metadata["data"],
                                 "onnx": str(self.path)}
