@@ -178,8 +178,8 @@ def backproject_cropped(depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarr
 def crop(points: np.ndarray, low, high) -> np.ndarray:
     """Keep the points (M, 3+) whose xyz lies inside the world-frame box [low, high]."""
     xyz = points[:, :3]
-    keep = np.all((xyz >= np.asarray(low, dtype=xyz.dtype)) & (xyz <= np.asarray(high, dtype=xyz.dtype)), axis=1)
-    return points[keep]
+    inside = (xyz >= np.asarray(low, dtype=xyz.dtype)) & (xyz <= np.asarray(high, dtype=xyz.dtype))   # (M, 3)
+    return points[inside[:, 0] & inside[:, 1] & inside[:, 2]]      # half the time of np.all(axis=1) here
 
 
 # The bucket KD-tree height of fpsample's bucket FPS: buckets of about 2**4 points. Measured on the 2-core
