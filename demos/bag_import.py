@@ -43,13 +43,10 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from mfp.envs import CameraModel, crop, depth_to_point_cloud, farthest_point_sample
-from mfp.envs.pointcloud import backproject
-
 from .bag_config import BagConfigError, BagImportConfig
 from .provenance import package_versions, provenance
-from .ros_msgs import (BLOCK_POINTS, RosMessageError, depth_from_image, get_field, intrinsics_from_camera_info,
-                       stamp_ns, vector_from, xyz_blocks_from_pointcloud2)
+from .ros_clouds import camera_model, cloud_from_depth, cloud_from_pointcloud2
+from .ros_msgs import RosMessageError, get_field, intrinsics_from_camera_info, stamp_ns, vector_from
 from .store import DemoStore, DemoStoreError
 
 __all__ = ["BagConfigError", "BagImportConfig", "BagImportError", "ImportReport", "import_bag"]
@@ -264,50 +261,9 @@ def _multiarray(msg) -> np.ndarray:
     return data[offset:]
 
 
-def _cloud_blocks(msg) -> Iterator[np.ndarray]:
-    """A PointCloud2's finite xyz in float32 blocks of about this module's BLOCK_POINTS points."""
-    return xyz_blocks_from_pointcloud2(msg, BLOCK_POINTS)
-
-
-def _no_points_in_crop(config: BagImportConfig, n_points: int, low, high) -> RosMessageError:
-    pc = config.point_cloud
-    where = (f"its {n_points} finite points span {np.round(low, 3).tolist()} .. {np.round(high, 3).tolist()} "
-             f"in the base frame" if n_points else "it has no finite point with positive depth")
-    return RosMessageError(f"no point lies inside the crop box low={list(pc.crop_low)} high={list(pc.crop_high)}: "
-                           f"{where} (check point_cloud.crop_low/crop_high and camera_to_base in {config.source})")
-
-
-def _cloud_points(msg, config: BagImportConfig) -> np.ndarray:
-    """PointCloud2 -> base frame (camera_to_base) -> crop -> farthest-point sampling: (num_points, 3) float32."""
-    T = config.camera_to_base_array()
-    R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
-    pc = config.point_cloud
-    kept, n_finite = [], 0
-    low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    for xyz in _cloud_blocks(msg):  # finite points only
-        base = xyz @ R.T + t
-        n_finite += len(base)
-        low, high = np.minimum(low, base.min(axis=0)), np.maximum(high, base.max(axis=0))
-        inside = crop(base, pc.crop_low, pc.crop_high)
-        if len(inside):
-            kept.append(inside)
-    if not kept:
-        raise _no_points_in_crop(config, n_finite, low, high)
-    return farthest_point_sample(np.concatenate(kept), pc.num_points, pc.max_points_before_fps)
-
-
-def _depth_points(msg, camera: CameraModel, config: BagImportConfig, intrinsics: dict) -> np.ndarray:
-    depth = depth_from_image(msg, max_pixels=None)  # the size is checked against the CameraInfo
-    if depth.shape != (intrinsics["height"], intrinsics["width"]):
-        raise RosMessageError(f"image is {depth.shape[1]}x{depth.shape[0]} but the camera_info is "
-                              f"{intrinsics['width']}x{intrinsics['height']}")
-    try:
-        return depth_to_point_cloud(depth, camera, config.point_cloud)
-    except ValueError:
-        points = backproject(depth, camera.K, camera.cam_to_world)
-        low = points.min(axis=0) if len(points) else None
-        high = points.max(axis=0) if len(points) else None
-        raise _no_points_in_crop(config, len(points), low, high) from None
+def _hint(config: BagImportConfig) -> str:
+    """Where a cloud outside the crop box is fixed (ros_clouds.no_points_in_crop)."""
+    return f"check point_cloud.crop_low/crop_high and camera_to_base in {config.source}"
 
 
 # --- the import ------------------------------------------------------------------------------------------------
@@ -431,8 +387,7 @@ class _Importer:
             if self.intrinsics is None:
                 raise BagImportError(f"{self.bag}: topic '{cfg.topics.camera_info}' has no CameraInfo message")
             i = self.intrinsics
-            camera = CameraModel(K=np.asarray(i["K"]), cam_to_world=cfg.camera_to_base_array(), width=i["width"],
-                                 height=i["height"], name=i["frame_id"] or topic)
+            camera = camera_model(i, cfg.camera_to_base_array(), name=i["frame_id"] or topic)
 
         self.cloud_times: list[int] = []
         self.clouds: dict[int, np.ndarray] = {}
@@ -442,9 +397,10 @@ class _Importer:
         def process(index: int, msg) -> None:
             try:
                 if cfg.uses_depth:
-                    self.clouds[index] = _depth_points(msg, camera, cfg, self.intrinsics)
+                    self.clouds[index] = cloud_from_depth(msg, camera, cfg.point_cloud, _hint(cfg))
                 else:
-                    self.clouds[index] = _cloud_points(msg, cfg)
+                    self.clouds[index] = cloud_from_pointcloud2(msg, cfg.point_cloud, cfg.camera_to_base_array(),
+                                                                _hint(cfg))
             except (RosMessageError, AttributeError, TypeError) as e:
                 raise self.fail(topic, index, e) from None
 
@@ -541,9 +497,8 @@ def _calibration(config: BagImportConfig, intrinsics: dict | None) -> dict:
 def _camera_description(config: BagImportConfig, intrinsics: dict | None) -> dict:
     """The same shape as CameraModel.to_dict() (what `mfp collect` writes); world = the robot base."""
     if intrinsics is not None:
-        return CameraModel(K=np.asarray(intrinsics["K"]), cam_to_world=config.camera_to_base_array(),
-                           width=intrinsics["width"], height=intrinsics["height"],
-                           name=intrinsics["frame_id"] or config.topics.depth).to_dict()
+        return camera_model(intrinsics, config.camera_to_base_array(),
+                            name=intrinsics["frame_id"] or config.topics.depth).to_dict()
     return {"name": config.topics.point_cloud, "width": None, "height": None, "K": None,
             "cam_to_world": [list(r) for r in config.camera_to_base]}
 
@@ -588,12 +543,21 @@ def import_bag(bag, out, config, progress: bool = True) -> ImportReport:
     if not episodes:
         raise BagImportError(f"{bag}: no action message has a point cloud and a state at most "
                              f"max_staleness_s={config.max_staleness_s} s older ({report.summary()}); nothing written")
+    stat = bag.stat()
+    bag_id = {"name": bag.name, "size_bytes": int(stat.st_size)}
+    store = _open_store(out, config, _dataset_attrs(config, importer, source, episodes), bag_id)
+    entry = _source_entry(bag, bag_id, config, importer, source, episodes, dropped)
+    _add_episodes(store, entry, episodes, report)
+    return report
 
+
+def _dataset_attrs(config: BagImportConfig, importer: _Importer, source: _Source, episodes: list[dict]) -> dict:
+    """The dataset's attributes (what `mfp collect` writes, for a real robot), written when it is created."""
     intrinsics = importer.intrinsics if config.uses_depth else None
     camera = _camera_description(config, intrinsics)
     point_cloud = config.point_cloud.to_dict()
     topics = config.topics
-    attrs = {
+    return {
         "task": config.task,
         "env": {"task": config.task, "camera": camera, "point_cloud": point_cloud, "robot": "real (imported bag)",
                 "agent_dim": int(episodes[0]["state"].shape[1]), "action_dim": int(episodes[0]["action"].shape[1])},
@@ -611,26 +575,33 @@ def import_bag(bag, out, config, progress: bool = True) -> ImportReport:
         "format": ("DP3-compatible: data/{point_cloud,state,action} + data/{timestamp,point_cloud_timestamp,"
                    "state_timestamp}, meta/episode_ends"),
     }
-    stat = bag.stat()
-    bag_id = {"name": bag.name, "size_bytes": int(stat.st_size)}
-    store = _open_store(out, config, attrs, bag_id)
-    cloud_n = len(importer.cloud_times)
-    entry = {
+
+
+def _source_entry(bag: Path, bag_id: dict, config: BagImportConfig, importer: _Importer, source: _Source,
+                  episodes: list[dict], dropped: dict) -> dict:
+    """The dataset's record of this bag (attrs "sources"): what was read, how, and which episodes it added."""
+    topics = config.topics
+    return {
         "path": str(bag.resolve()), **bag_id, "format": source.format,
         "imported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "topics": topics.roles(),
         "message_types": {t: source.topics[t][0] for t in topics.roles().values()},
         "message_counts": importer.counts,
         "time_sources": {
-            topics.cloud_topic: _time_source_text(importer.cloud_header_stamps, cloud_n),
+            topics.cloud_topic: _time_source_text(importer.cloud_header_stamps, len(importer.cloud_times)),
             topics.state: _time_source_text(importer.state.header_stamps, len(importer.state.times)),
             topics.action: _time_source_text(importer.action.header_stamps, len(importer.action.times)),
         },
-        "action_messages": report.action_messages, "frames": sum(len(e["action"]) for e in episodes),
+        "action_messages": len(importer.action.times), "frames": sum(len(e["action"]) for e in episodes),
         "dropped": dropped, "config": config.to_dict(), "config_file": config.source,
         "readers": package_versions(("rosbags", "mcap", "mcap-ros1-support", "mcap-ros2-support")),
         "episodes": [], "complete": False,
     }
+
+
+def _add_episodes(store: DemoStore, entry: dict, episodes: list[dict], report: ImportReport) -> None:
+    """Commit the episodes one by one; the source entry names each as soon as it is committed, and is marked
+    complete at the end (an interrupted import leaves an incomplete entry that says how far it got)."""
     sources = list(store.attrs.get("sources", [])) + [entry]
     store.update_attrs(sources=sources)  # before the data: a committed episode always names its source
     first = store.n_episodes
@@ -645,4 +616,3 @@ def import_bag(bag, out, config, progress: bool = True) -> ImportReport:
     store.update_attrs(sources=sources)
     report.total_episodes = store.n_episodes
     assert entry["episodes"] == list(range(first, store.n_episodes))
-    return report

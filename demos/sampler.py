@@ -12,6 +12,16 @@ from typing import Mapping
 import numpy as np
 
 
+def edge_padded(frames, before: int, after: int = 0):
+    """`frames` (an array, frames along axis 0, or a list) with its first frame repeated `before` times in front and
+    its last frame `after` times behind. The one rule for steps beyond an episode's edge: training windows
+    (SequenceSampler) and the observation history at the start of a rollout (PolicyRunner) both use it."""
+    if isinstance(frames, np.ndarray):
+        return np.concatenate([np.repeat(frames[:1], before, axis=0), frames, np.repeat(frames[-1:], after, axis=0)])
+    frames = list(frames)
+    return [frames[0]] * before + frames + [frames[-1]] * after
+
+
 def create_indices(episode_ends: np.ndarray, horizon: int, pad_before: int = 0, pad_after: int = 0,
                    episode_mask: np.ndarray | None = None) -> np.ndarray:
     """(W, 4) int64 windows over the episodes selected by `episode_mask` (all by default).
@@ -73,10 +83,6 @@ class SequenceSampler:
             chunk = arr[buffer_start:buffer_end]
             if sample_start == 0 and sample_end == self.horizon:
                 out[key] = chunk
-                continue
-            window = np.empty((self.horizon,) + arr.shape[1:], dtype=arr.dtype)
-            window[:sample_start] = chunk[0]
-            window[sample_start:sample_end] = chunk
-            window[sample_end:] = chunk[-1]
-            out[key] = window
+            else:
+                out[key] = edge_padded(chunk, sample_start, self.horizon - sample_end)
         return out

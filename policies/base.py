@@ -17,12 +17,35 @@ from __future__ import annotations
 
 import abc
 import collections
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from mfp.demos.normalizer import MinMaxNormalizer
+
+
+class ActionQueue:
+    """Chunked execution: one action per call, the next chunk predicted only when the last one is used up. The one
+    queue behind BasePolicy.select_action and the evaluator's PolicyRunner (the control loop schedules chunks by
+    time instead: ChunkScheduler)."""
+
+    def __init__(self) -> None:
+        self._queue: collections.deque = collections.deque()
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def next(self, predict_chunk: Callable[[], Iterable[Any]]) -> Any:
+        """The next queued action; when none is left, `predict_chunk()` (an iterable of actions, oldest first)
+        refills the queue first."""
+        if not self._queue:
+            self._queue.extend(predict_chunk())
+        return self._queue.popleft()
 
 
 class BasePolicy(nn.Module, abc.ABC):
@@ -33,7 +56,7 @@ class BasePolicy(nn.Module, abc.ABC):
     def __init__(self) -> None:
         super().__init__()
         self.normalizer = MinMaxNormalizer()
-        self._action_queue: collections.deque = collections.deque()
+        self._action_queue = ActionQueue()
 
     @abc.abstractmethod
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -56,10 +79,8 @@ class BasePolicy(nn.Module, abc.ABC):
     @torch.no_grad()
     def select_action(self, obs_dict: dict[str, torch.Tensor]) -> torch.Tensor:
         """One action (B, d_act) per call; the network runs only when the queue of chunked actions is empty."""
-        if not self._action_queue:
-            actions = self.predict_action(obs_dict)["action"]  # (B, n_action_steps, d_act)
-            self._action_queue.extend(actions.transpose(0, 1))
-        return self._action_queue.popleft()
+        # predict_action's "action" is (B, n_action_steps, d_act): queued step by step as (B, d_act)
+        return self._action_queue.next(lambda: self.predict_action(obs_dict)["action"].transpose(0, 1))
 
 
 def obs_to_torch(obs_history: list[dict[str, np.ndarray]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

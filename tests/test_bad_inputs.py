@@ -334,9 +334,9 @@ SAFETY_FIELDS = {"max_obs_age_s": st.floats(-10, 0), "stale_stop_s": st.floats(-
 @SETTINGS
 @given(data=st.data())
 def test_suite_and_control_configs_refuse_out_of_range_values(data):
-    from mfp.eval.control_loop import ControlConfig
-    from mfp.eval.safety import SafetyConfig
-    from mfp.eval.suite import SuiteConfig
+    from mfp.eval.control.loop import ControlConfig
+    from mfp.eval.control.safety import SafetyConfig
+    from mfp.eval.suite.runner import SuiteConfig
 
     which = data.draw(st.sampled_from(["suite", "control", "safety", "safety_limits"]))
     if which == "suite":
@@ -385,7 +385,7 @@ WRONG_TYPE_CASES = [
 
 
 def _config_class(name: str):
-    from mfp.eval import control_loop, safety
+    from mfp.eval.control import loop as control_loop, safety
     from mfp.policies import config as pconfig
     from mfp.policies.training import config as tconfig
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mfp.demos import bag_import
+from mfp.demos import ros_clouds
 from mfp.demos.bag_import import BagConfigError, BagImportConfig, BagImportError, import_bag
 from mfp.demos.store import DemoStore, DemoStoreError
 from mfp.envs import PointCloudConfig
@@ -293,7 +293,7 @@ def _mcap_config(**over):
 
 
 def test_mcap_with_ros2_point_clouds(tmp_path, monkeypatch):
-    monkeypatch.setattr(bag_import, "BLOCK_POINTS", 30)  # decode and crop in many blocks of rows and columns
+    monkeypatch.setattr(ros_clouds, "BLOCK_POINTS", 30)  # decode and crop in many blocks of rows and columns
     path = tmp_path / "synthetic.mcap"
     _write_ros2_mcap(path)
     report = import_bag(path, tmp_path / "out.zarr", _mcap_config(), progress=False)
@@ -612,15 +612,15 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
 def test_a_huge_cloud_is_processed_in_blocks(monkeypatch):
     """A PointCloud2 far larger than a block goes through decode/transform/crop one block at a time."""
     blocks = []
-    real = bag_import._cloud_blocks
+    real = ros_clouds.xyz_blocks_from_pointcloud2
 
-    def spy(msg):
-        for b in real(msg):
+    def spy(msg, *args, **kwargs):
+        for b in real(msg, *args, **kwargs):
             blocks.append(len(b))
             yield b
 
-    monkeypatch.setattr(bag_import, "_cloud_blocks", spy)
-    monkeypatch.setattr(bag_import, "BLOCK_POINTS", 1000)
+    monkeypatch.setattr(ros_clouds, "xyz_blocks_from_pointcloud2", spy)
+    monkeypatch.setattr(ros_clouds, "BLOCK_POINTS", 1000)
     n = 20_000
     xyz = np.random.default_rng(0).uniform(-1, 1, (n, 3)).astype("<f4")
 
@@ -636,7 +636,7 @@ def test_a_huge_cloud_is_processed_in_blocks(monkeypatch):
     cfg = BagImportConfig.from_dict(_mcap_config(camera_to_base=np.eye(4).tolist(),
                                                  point_cloud={"crop_low": [0, 0, 0], "crop_high": [1, 1, 1],
                                                               "num_points": 32}))
-    cloud = bag_import._cloud_points(Msg(), cfg)
+    cloud = ros_clouds.cloud_from_pointcloud2(Msg(), cfg.point_cloud, cfg.camera_to_base_array())
     assert cloud.shape == (32, 3) and (cloud >= 0).all() and (cloud <= 1).all()
     assert max(blocks) == 1000 and sum(blocks) == n
 
@@ -644,7 +644,7 @@ def test_a_huge_cloud_is_processed_in_blocks(monkeypatch):
 def test_the_help_example_config_is_valid():
     import textwrap
 
-    from mfp.eval.commands_bag import CONFIG_EXAMPLE
+    from mfp.eval.cli.import_bag import CONFIG_EXAMPLE
 
     example = textwrap.dedent(CONFIG_EXAMPLE.split("\n", 1)[1].split("\n\n", 1)[0])
     cfg = BagImportConfig.from_dict(yaml.safe_load(example), source="help")

@@ -12,7 +12,7 @@ import zarr
 
 from mfp.demos.store import CHECKSUM_ATTR, DemoStore, DemoStoreError
 from mfp.eval.cli import main
-from mfp.eval.commands_check import check_path
+from mfp.eval.cli.check import check_path
 
 N_POINTS = 32
 

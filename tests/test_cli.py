@@ -38,3 +38,14 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["collect", "--task", "metaworld/reach", "--episodes", "0", "--out", str(tmp_path / "y.zarr")]) == 2
     with pytest.raises(SystemExit):
         main(["collect"])  # argparse: missing required flags
+
+
+def test_robot_and_head_choices_come_from_their_registries():
+    from mfp.eval.robots import ROBOTS, RobotRequest, make_robot
+    from mfp.policies.heads import head_names
+
+    choices = {name: {a.dest: a.choices for a in sub._actions} for name, sub in _subcommands(build_parser())}
+    assert tuple(choices["control"]["robot"]) == tuple(ROBOTS) == ("sim", "ros")
+    assert tuple(choices["train"]["head"]) == head_names()
+    with pytest.raises(ValueError, match="unknown robot 'ros3': choose sim or ros"):
+        make_robot("ros3", RobotRequest(task=None, rate_hz=10.0, seed=0, point_cloud=None))

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from mfp.demos.store import DemoStore
-from mfp.eval.control_loop import ChunkScheduler, ControlConfig, ControlLoop
-from mfp.eval.robot import TimedObservation
-from mfp.eval.rollout import ExpertActor
-from mfp.eval.run_recorder import RunRecorder
-from mfp.eval.safety import ActionFilter, EStop, SafetyConfig
-from mfp.eval.sim_robot import SimRobot
+from mfp.eval.control.loop import ChunkScheduler, ControlConfig, ControlLoop
+from mfp.eval.robots.base import TimedObservation
+from mfp.eval.sim.rollout import ExpertActor
+from mfp.eval.control.recorder import RunRecorder
+from mfp.eval.control.safety import ActionFilter, EStop, SafetyConfig
+from mfp.eval.robots.sim import SimRobot
 
 TASK = "metaworld/drawer-open"
 

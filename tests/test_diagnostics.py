@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mfp.eval.suite import SuiteConfig, train_job
-from mfp.eval.suite_variants import parse_variant
+from mfp.eval.suite.runner import SuiteConfig, train_job
+from mfp.eval.suite.variants import parse_variant
 from mfp.policies import MeanFlowConfig, PolicyConfig, UNetConfig, build_policy
 from mfp.policies.diagnostics import chunk_diagnostics, demo_windows
 from mfp.policies.training import read_checkpoint

@@ -8,10 +8,11 @@ import torch
 
 from mfp.demos.seeds import eval_seed_set, eval_seeds
 from mfp.demos.store import DemoStore
+from mfp.demos.sampler import SequenceSampler
 from mfp.eval.cli import main
-from mfp.eval.commands_train import simulation_eval_fn
-from mfp.eval.evaluator import evaluate
-from mfp.eval.rollout import PolicyRunner
+from mfp.eval.sim.evaluator import evaluate
+from mfp.eval.sim.rollout import PolicyRunner
+from mfp.eval.sim.training_eval import simulation_eval_fn
 from mfp.policies import PolicyConfig, build_policy
 from mfp.policies.training import load_policy
 
@@ -57,6 +58,23 @@ def test_runner_pads_history_and_calls_the_network_once_per_chunk():
     runner.reset()
     runner.act(_obs(9))
     assert policy.calls[-1]["agent_pos"][0, :, 0].tolist() == [9.0, 9.0]  # a new episode forgets the old one
+
+
+def test_rollout_history_matches_the_training_windows():
+    """At every step k of an episode the policy sees, at rollout, the observation frames of the training window
+    whose executed actions start at step k (DemoDataset pads windows with pad_before = n_obs_steps - 1): the first
+    steps of both repeat the episode's first frame."""
+    cfg = CountingPolicy().config
+    n_steps = 7
+    states = np.arange(n_steps, dtype=np.float32)[:, None].repeat(cfg.agent_dim, axis=1)
+    sampler = SequenceSampler({"agent_pos": states}, np.array([n_steps]), cfg.horizon,
+                              pad_before=cfg.n_obs_steps - 1, pad_after=cfg.n_action_steps - 1)
+    runner = PolicyRunner(CountingPolicy())
+    for k in range(n_steps):
+        runner.observe({"point_cloud": np.zeros((cfg.n_points, 3), np.float32), "agent_pos": states[k]})
+        training = sampler.sample_sequence(k)["agent_pos"][:cfg.n_obs_steps]     # window k starts at step k - To + 1
+        rollout = np.stack([obs["agent_pos"] for obs in runner.history()])
+        np.testing.assert_array_equal(rollout, training)
 
 
 def test_train_with_simulation_eval_then_mfp_eval(reach_demos, tmp_path):

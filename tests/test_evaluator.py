@@ -9,7 +9,7 @@ from mfp.demos.experts import make_expert
 from mfp.demos.seeds import EVAL_SEED_START, EVAL_SET_STRIDE, eval_seed_set, eval_seeds
 from mfp.demos.store import DemoStore
 from mfp.envs import make_env
-from mfp.eval.evaluator import evaluate
+from mfp.eval.sim.evaluator import evaluate
 from mfp.policies import PolicyConfig, build_policy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -67,21 +67,24 @@ def record_figures(fault: str, figures: dict) -> None:
     atomic_write_json(path, doc)
 
 
+def record_trials(what: str, trials: list[dict], problems: list[str], lost: str, unit: str, interval: str) -> None:
+    """A fault test's end: each trial survived when neither it nor the run afterwards had a problem; the figures
+    (trials, survived, data lost in `unit` from each trial's `lost` count, the documented loss interval) are
+    recorded, and no problem may remain."""
+    for t in trials:
+        t["survived"] = not t["problems"] and not problems
+    record_figures(what, {
+        "trials": len(trials), "survived": sum(t["survived"] for t in trials),
+        "data_lost": sum(t[lost] for t in trials), "unit": unit,
+        "documented_interval": interval, "trials_detail": trials})
+    assert not problems, "\n".join(problems)
+
+
 # --- data ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
+def store_path(tmp_path_factory, synthetic_store):
     """A small synthetic dataset (4 episodes of 16 steps, 64-point clouds): training steps take milliseconds."""
-    path = tmp_path_factory.mktemp("data") / "synthetic.zarr"
-    rng = np.random.default_rng(0)
-    store = DemoStore.create(path, attrs={"task": "synthetic/line", "camera": {"name": "synthetic"},
-                                          "point_cloud": {"num_points": N_POINTS, "crop_low": [-1, -1, -1]}})
-    for e in range(4):
-        t = np.linspace(0, 1, 16, dtype=np.float32)[:, None]
-        pos = (t * rng.uniform(-1, 1, (1, 9))).astype(np.float32)
-        act = np.tile(np.sin(3 * t + e), (1, 4)).astype(np.float32)
-        pc = (rng.normal(size=(16, N_POINTS, 3)) * 0.1 + pos[:, None, :3]).astype(np.float32)
-        store.add_episode({"point_cloud": pc, "state": pos, "action": act})
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("data") / "synthetic.zarr", n_points=N_POINTS)
 
 
 @pytest.fixture(scope="module")
@@ -333,13 +336,9 @@ def test_disk_full_while_writing_a_checkpoint(store_path, reference, tmp_path):
     elif not same_weights(weights(last), reference):
         problems.append("after the disk-full failures, the resumed run's final weights differ from an "
                         "uninterrupted run's")
-    for t in trials:
-        t["survived"] = not t["problems"] and not problems
-    record_figures("disk full while writing a checkpoint (EFBIG from a file size limit)", {
-        "trials": len(trials), "survived": sum(t["survived"] for t in trials),
-        "data_lost": sum(t["lost_steps"] for t in trials), "unit": "optimiser steps",
-        "documented_interval": "the steps since the last checkpoint (the failed write's)", "trials_detail": trials})
-    assert not problems, "\n".join(problems)
+    record_trials("disk full while writing a checkpoint (EFBIG from a file size limit)", trials, problems,
+                  lost="lost_steps", unit="optimiser steps",
+                  interval="the steps since the last checkpoint (the failed write's)")
 
 
 # --- kill -9 during mfp control --record -------------------------------------------------------------------------
@@ -426,13 +425,8 @@ def test_kill_during_control_recording_keeps_committed_episodes_and_appends(tmp_
         problems.append(f"the appended run's report does not name episode {n}: {runs[-1:]}")
     if list(path.rglob("*.partial")):
         problems.append(f"temporary files left in the store: {list(path.rglob('*.partial'))}")
-    for t in trials:
-        t["survived"] = not t["problems"] and not problems
-    record_figures("kill -9 during mfp control --record (second episode)", {
-        "trials": len(trials), "survived": sum(t["survived"] for t in trials),
-        "data_lost": sum(t["lost_committed"] for t in trials), "unit": "episodes",
-        "documented_interval": "the episode in progress", "trials_detail": trials})
-    assert not problems, "\n".join(problems)
+    record_trials("kill -9 during mfp control --record (second episode)", trials, problems,
+                  lost="lost_committed", unit="episodes", interval="the episode in progress")
 
 
 def test_failed_write_keeps_the_old_file_and_names_it(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from mfp.demos.experts import make_expert
 from mfp.envs import make_env, task_names
-from mfp.eval.evaluator import evaluate
+from mfp.eval.sim.evaluator import evaluate
 
 # One task from each difficulty group, plus peg-insert-side (its expert class has an odd name).
 SAMPLE = ["metaworld/reach", "metaworld/drawer-open", "metaworld/hammer", "metaworld/pick-place",

@@ -44,35 +44,35 @@ CASES = [
     ("train", "--out", FOLDER, lambda p, inp: ["train", "--data", str(inp / "data.zarr"), "--out", p],
      None, [("mfp.policies.training", "train")]),
     ("eval", "--out", FILE, lambda p, inp: ["eval", "--expert", "--task", "metaworld/reach", "--out", p + ".json"],
-     lambda p: p + ".json", [("mfp.eval.evaluator", "evaluate")]),
+     lambda p: p + ".json", [("mfp.eval.sim.evaluator", "evaluate")]),
     ("eval", "--out", FOLDER, lambda p, inp: ["eval", "--expert", "--task", "metaworld/reach", "--out", p],
-     None, [("mfp.eval.evaluator", "evaluate")]),
+     None, [("mfp.eval.sim.evaluator", "evaluate")]),
     ("control", "--out", FILE, lambda p, inp: ["control", "--expert", "--task", "metaworld/reach", "--out", p],
-     None, [("mfp.eval.control", "control")]),
+     None, [("mfp.eval.control.session", "control")]),
     ("control", "--record", FOLDER,
      lambda p, inp: ["control", "--expert", "--task", "metaworld/reach", "--record", p],
-     None, [("mfp.eval.control", "control")]),
+     None, [("mfp.eval.control.session", "control")]),
     ("control", "--picture", FILE,
      lambda p, inp: ["control", "--expert", "--task", "metaworld/reach", "--picture", p],
-     None, [("mfp.eval.control", "control")]),
+     None, [("mfp.eval.control.session", "control")]),
     ("ros-sim", "--result", FILE, lambda p, inp: ["ros-sim", "--task", "metaworld/reach", "--result", p],
-     None, [("mfp.eval.ros_sim_node", "serve_sim")]),
+     None, [("mfp.eval.robots.ros_sim_node", "serve_sim")]),
     ("import-bag", "--out", FOLDER,
      lambda p, inp: ["import-bag", str(inp / "rec.mcap"), "--config", str(inp / "topics.yaml"), "--out", p],
      None, [("mfp.demos.bag_import", "import_bag")]),
     ("bench collect", "--out", FILE, lambda p, inp: ["bench", "collect", "--out", p],
-     None, [("mfp.eval.bench_collect", "bench_collect")]),
+     None, [("mfp.eval.bench.collect", "bench_collect")]),
     ("bench train", "--out", FILE, lambda p, inp: ["bench", "train", "--out", p],
-     None, [("mfp.eval.bench_train", "bench_train")]),
+     None, [("mfp.eval.bench.train", "bench_train")]),
     ("bench latency", "--out", FILE, lambda p, inp: ["bench", "latency", "--out", p],
-     None, [("mfp.eval.bench_latency", "bench_latency")]),
+     None, [("mfp.eval.bench.latency", "bench_latency")]),
     ("bench control", "--out", FILE, lambda p, inp: ["bench", "control", "--out", p],
-     None, [("mfp.eval.bench_control", "bench_control")]),
-    ("bench suite", "--data-dir", FOLDER, _suite("--data-dir"), None, [("mfp.eval.suite", "run_suite")]),
-    ("bench suite", "--runs-dir", FOLDER, _suite("--runs-dir"), None, [("mfp.eval.suite", "run_suite")]),
-    ("bench suite", "--results", FILE, _suite("--results"), None, [("mfp.eval.suite", "run_suite")]),
+     None, [("mfp.eval.bench.control", "bench_control")]),
+    ("bench suite", "--data-dir", FOLDER, _suite("--data-dir"), None, [("mfp.eval.suite.runner", "run_suite")]),
+    ("bench suite", "--runs-dir", FOLDER, _suite("--runs-dir"), None, [("mfp.eval.suite.runner", "run_suite")]),
+    ("bench suite", "--results", FILE, _suite("--results"), None, [("mfp.eval.suite.runner", "run_suite")]),
     ("bench report", "--out", FILE, lambda p, inp: ["bench", "report", str(inp / "results.jsonl"), "--out", p],
-     lambda p: p + ".md", [("mfp.eval.suite_report", "write_report")]),
+     lambda p: p + ".md", [("mfp.eval.suite.report", "write_report")]),
 ]
 IDS = [f"{c[0]} {c[1]} ({c[2]})" for c in CASES]
 
@@ -132,7 +132,7 @@ def check_refused(result: dict, command: str, flag: str, shown: str, reason) -> 
 
 # --- the shared helper ------------------------------------------------------------------------------------------
 def test_a_passing_check_changes_nothing(tmp_path):
-    from mfp.eval.output_paths import FILE as F, FOLDER as D, Output, check_outputs
+    from mfp.eval.cli.output_paths import FILE as F, FOLDER as D, Output, check_outputs
 
     (tmp_path / "run").mkdir()
     (tmp_path / "old.json").write_text("{}")
@@ -144,7 +144,7 @@ def test_a_passing_check_changes_nothing(tmp_path):
 
 
 def test_the_helper_refuses_with_flag_path_and_reason(tmp_path):
-    from mfp.eval.output_paths import FILE as F, FOLDER as D, Output, OutputPathError, check_outputs
+    from mfp.eval.cli.output_paths import FILE as F, FOLDER as D, Output, OutputPathError, check_outputs
 
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_text("x")
@@ -164,9 +164,9 @@ def test_the_helper_refuses_with_flag_path_and_reason(tmp_path):
 def test_resumable_state_is_accepted(tmp_path):
     """What a resumed suite or training run finds on disk (datasets, their locks, run folders with checkpoints and
     logs, a results file and its report) passes the check untouched."""
-    from mfp.eval.commands_suite import suite_outputs
-    from mfp.eval.output_paths import check_outputs, run_folder_outputs
-    from mfp.eval.suite import SuiteConfig, dataset_path, run_dir
+    from mfp.eval.cli.bench_suite import suite_outputs
+    from mfp.eval.cli.output_paths import check_outputs, run_folder_outputs
+    from mfp.eval.suite.runner import SuiteConfig, dataset_path, run_dir
 
     cfg = SuiteConfig(tasks=("metaworld/reach",), heads=("meanflow",), seeds=(0,), data_dir=str(tmp_path / "data"),
                       runs_dir=str(tmp_path / "runs"), results=str(tmp_path / "results.jsonl"), top5_every=2)
@@ -189,34 +189,35 @@ def test_resumable_state_is_accepted(tmp_path):
 
 
 # --- every command, before any work -----------------------------------------------------------------------------
+def refused_before_any_work(case, tmp_path, p: str, reason) -> None:
+    """The case's command, with its output flag at `p`, is refused naming the flag, the path as shown and `reason`,
+    before it changes anything under tmp_path."""
+    command, flag, kind, argv, shown, work = case
+    shown = shown or (lambda path: path)
+    inp = make_inputs(tmp_path)
+    before = snapshot(tmp_path)
+    result = attempt(argv(p, inp), work)
+    check_refused(result, command, flag, shown(p), reason)
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_wrong_kind_is_refused_before_any_work(case, tmp_path):
-    command, flag, kind, argv, shown, work = case
-    inp = make_inputs(tmp_path)
-    shown = shown or (lambda p: p)
+    kind, shown = case[2], case[4] or (lambda p: p)
     p = str(tmp_path / "taken")
     target = Path(shown(p))
     if kind == FILE:
         target.mkdir()  # a folder where the file should go
     else:
         target.write_text("x")  # a file where the folder should go
-    before = snapshot(tmp_path)
-    result = attempt(argv(p, inp), work)
-    check_refused(result, command, flag, shown(p), REASONS[f"wrong_kind_{kind}"])
-    assert snapshot(tmp_path) == before
+    refused_before_any_work(case, tmp_path, p, REASONS[f"wrong_kind_{kind}"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_a_path_under_a_file_is_refused_before_any_work(case, tmp_path):
-    command, flag, kind, argv, shown, work = case
-    inp = make_inputs(tmp_path)
-    shown = shown or (lambda p: p)
     (tmp_path / "plain").write_text("x")
-    p = str(tmp_path / "plain" / "sub" / "out")
-    before = snapshot(tmp_path)
-    result = attempt(argv(p, inp), work)
-    check_refused(result, command, flag, shown(p), f"{tmp_path / 'plain'} is a file, not a folder")
-    assert snapshot(tmp_path) == before
+    refused_before_any_work(case, tmp_path, str(tmp_path / "plain" / "sub" / "out"),
+                            f"{tmp_path / 'plain'} is a file, not a folder")
 
 
 def _read_only_runner(ro: Path) -> list[str] | None:
@@ -267,7 +268,7 @@ def test_a_read_only_folder_is_refused_before_any_work():
 
 # --- mfp eval --out: a .json file, or a folder ------------------------------------------------------------------
 def test_eval_out_rule():
-    from mfp.eval.commands_eval import eval_output_paths
+    from mfp.eval.cli.evaluate import eval_output_paths
 
     assert eval_output_paths("runs/x/eval.json") == (Path("runs/x/eval.json"), Path("runs/x/eval"))
     assert eval_output_paths("runs/x/b.JSON") == (Path("runs/x/b.JSON"), Path("runs/x/b"))
@@ -285,7 +286,7 @@ def test_eval_out_rule():
 def test_eval_writes_where_the_rule_says(out, results, side, tmp_path, monkeypatch, capsys):
     """The issue's case: --out without .json used to collect videos in a folder of that name, then fail to write
     the results file over it. The rollouts are replaced by a stub: this checks where the outputs go."""
-    from mfp.eval import evaluator
+    from mfp.eval.sim import evaluator
 
     seen = {}
 

@@ -8,30 +8,19 @@ from torch import nn
 
 from mfp.policies import MeanFlowConfig, PolicyConfig, UNetConfig, build_policy
 from mfp.policies.head import adaptive_l2_loss, adaptive_weight, sample_logit_normal_pair
-from mfp.policies.meanflow import MeanFlowHead, guided_velocity, jvp_dudt
+from mfp.policies.meanflow import MeanFlowHead, guided_velocity
 from mfp.policies.unet import ConditionalUnet1D
 from mfp.demos.normalizer import MinMaxNormalizer
 
 
 @pytest.mark.parametrize("time_scale", [1.0, 1000.0])
-def test_jvp_matches_finite_difference_along_v_0_1(time_scale):
+def test_jvp_matches_finite_difference_along_v_0_1(time_scale, jvp_matches_finite_differences):
     torch.manual_seed(0)
     net = ConditionalUnet1D(action_dim=3, global_cond_dim=5, down_dims=(16, 32), time_embed_dim=16,
                             time_scale=time_scale, two_times=True).double()
-    B = 4
-    z, v = torch.randn(B, 4, 3, dtype=torch.float64), torch.randn(B, 4, 3, dtype=torch.float64)
-    cond = torch.randn(B, 5, dtype=torch.float64)
-    t = torch.tensor([0.9, 0.5, 0.3, 0.7], dtype=torch.float64)
-    r = torch.tensor([0.1, 0.5, 0.0, 0.2], dtype=torch.float64)
-
-    def u_fn(z_, r_, t_):
-        return net(z_, t_, r_, cond=cond, return_features=True)
-
-    u, dudt, _ = jvp_dudt(u_fn, z, r, t, v)
-    h = 1e-6
-    fd = (net(z + h * v, t + h, r, cond=cond) - net(z - h * v, t - h, r, cond=cond)) / (2 * h)  # r fixed: dr/dt = 0
-    torch.testing.assert_close(dudt, fd, rtol=1e-5, atol=1e-6 * max(1.0, fd.abs().max().item()))
-    torch.testing.assert_close(u, net(z, t, r, cond=cond))
+    p = jvp_matches_finite_differences(net)      # du/dt along (v, 0, 1) against finite differences (r fixed)
+    z, v, cond, t, r, dudt, fd, h = p.z, p.v, p.cond, p.t, p.r, p.dudt, p.fd, p.h
+    torch.testing.assert_close(p.u, net(z, t, r, cond=cond))
     # The tangent matters: moving r too (tangent (v, 1, 1)) or ignoring dz/dt gives a different derivative.
     fd_r = (net(z + h * v, t + h, r + h, cond=cond) - net(z - h * v, t - h, r - h, cond=cond)) / (2 * h)
     fd_z0 = (net(z, t + h, r, cond=cond) - net(z, t - h, r, cond=cond)) / (2 * h)

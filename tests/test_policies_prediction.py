@@ -80,25 +80,14 @@ def test_derived_velocity_is_z_minus_x_hat_over_floored_t():
     torch.testing.assert_close(v, expected.view(3, 1, 1).expand(3, 2, 1))
 
 
-def test_jvp_through_the_derived_velocity_matches_finite_differences():
+def test_jvp_through_the_derived_velocity_matches_finite_differences(jvp_matches_finite_differences):
     torch.manual_seed(0)
     unet = ConditionalUnet1D(action_dim=3, global_cond_dim=5, down_dims=(16, 32), time_embed_dim=16,
                              time_scale=1000.0, two_times=True).double()
     net = DerivedVelocity(unet, MeanFlowConfig(prediction="sample"))
-    B = 4
-    z, v = torch.randn(B, 4, 3, dtype=torch.float64), torch.randn(B, 4, 3, dtype=torch.float64)
-    cond = torch.randn(B, 5, dtype=torch.float64)
-    t = torch.tensor([0.9, 0.5, 0.3, 0.7], dtype=torch.float64)
-    r = torch.tensor([0.1, 0.5, 0.0, 0.2], dtype=torch.float64)
-
-    def u_fn(z_, r_, t_):
-        return net(z_, t_, r_, cond=cond, return_features=True)
-
-    u, dudt, _ = jvp_dudt(u_fn, z, r, t, v)
-    h = 1e-6
-    fd = (net(z + h * v, t + h, r, cond=cond) - net(z - h * v, t - h, r, cond=cond)) / (2 * h)
-    torch.testing.assert_close(dudt, fd, rtol=1e-5, atol=1e-6 * max(1.0, fd.abs().max().item()))
-    torch.testing.assert_close(u, (z - unet(z, t, r, cond=cond)) / t.view(-1, 1, 1))
+    p = jvp_matches_finite_differences(net)      # du/dt along (v, 0, 1) against finite differences
+    z, v, cond, t, r, dudt, fd = p.z, p.v, p.cond, p.t, p.r, p.dudt, p.fd
+    torch.testing.assert_close(p.u, (z - unet(z, t, r, cond=cond)) / t.view(-1, 1, 1))
     # The derived u's own 1/t term is part of the derivative: the backbone's JVP alone differs.
     _, dxdt, _ = jvp_dudt(lambda z_, r_, t_: unet(z_, t_, r_, cond=cond, return_features=True), z, r, t, v)
     assert (dudt - dxdt).abs().max() > 1e-2 * fd.abs().max()

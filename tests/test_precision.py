@@ -10,12 +10,10 @@ import json
 import os
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from mfp.demos.store import DemoStore
 from mfp.policies import PolicyConfig
 from mfp.policies.training import TrainConfig, read_checkpoint, train
 from mfp.policies.training import precision
@@ -74,17 +72,9 @@ N_POINTS = 32
 
 
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "synthetic.zarr"
-    store = DemoStore.create(path, attrs={"task": "synthetic/line", "point_cloud": {"num_points": N_POINTS}})
-    for e in range(3):
-        t = np.linspace(0, 1, 12, dtype=np.float32)[:, None]
-        pos = (t * rng.uniform(-1, 1, (1, 9))).astype(np.float32)
-        act = np.tile(np.sin(3 * t + e), (1, 4)).astype(np.float32)
-        pc = (rng.normal(size=(12, N_POINTS, 3)) * 0.1 + pos[:, None, :3]).astype(np.float32)
-        store.add_episode({"point_cloud": pc, "state": pos, "action": act})
-    return path
+def store_path(tmp_path_factory, synthetic_store):
+    return synthetic_store(tmp_path_factory.mktemp("data") / "synthetic.zarr", n_eps=3, T=12, n_points=N_POINTS,
+                           attrs={"task": "synthetic/line", "point_cloud": {"num_points": N_POINTS}})
 
 
 def tiny() -> PolicyConfig:
@@ -259,13 +249,12 @@ def test_the_load_is_read_once_per_process(monkeypatch):
         precision.load_at_start.cache_clear()
 
 
-def test_an_explicit_thread_count_wins_over_the_load(store_path, tmp_path, monkeypatch, capsys):
+def _train_threads_seen(monkeypatch, store_path, tmp_path, cases) -> list[int]:
+    """Run `mfp train`'s handler (training itself faked) with each case's extra flags and assert the torch thread
+    count training would run with; returns the counts seen, in order."""
     import mfp.policies.training as training
-    from mfp.eval.commands_train import train_parser
+    from mfp.eval.cli.train import train_parser
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(precision, "_cgroup_cpu_limit", lambda path="": None)
-    monkeypatch.setattr(precision, "load_at_start", lambda: 2.0)              # other jobs take two cores
     seen = []
 
     def fake_train(*args, **kw):
@@ -277,10 +266,18 @@ def test_an_explicit_thread_count_wins_over_the_load(store_path, tmp_path, monke
     parser = argparse.ArgumentParser()
     train_parser(parser.add_subparsers())
     base = ["train", "--data", str(store_path), "--out", str(tmp_path / "r"), "--no-progress"]
-    for extra, expected in (([], 2), (["--threads", "3"], 3)):
+    for extra, expected in cases:
         args = parser.parse_args(base + extra)
         args.run(args)
         assert seen[-1] == expected, extra
+    return seen
+
+
+def test_an_explicit_thread_count_wins_over_the_load(store_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(precision, "_cgroup_cpu_limit", lambda path="": None)
+    monkeypatch.setattr(precision, "load_at_start", lambda: 2.0)              # other jobs take two cores
+    _train_threads_seen(monkeypatch, store_path, tmp_path, (([], 2), (["--threads", "3"], 3)))
     out = capsys.readouterr().out
     assert "threads: 2 torch threads (default: 4 cores usable, load 2.0 from other processes" in out
     assert "threads: 3 torch threads (--threads)" in out
@@ -296,7 +293,7 @@ def three_cores(monkeypatch):
 
 
 def test_evaluating_in_this_process_uses_the_worker_thread_rule(monkeypatch):
-    from mfp.eval import evaluator
+    from mfp.eval.sim import evaluator
 
     seen = []
     run = evaluator.EpisodeWorker.run
@@ -314,30 +311,14 @@ def test_evaluating_in_this_process_uses_the_worker_thread_rule(monkeypatch):
 
 
 def test_mfp_train_applies_the_thread_rule(store_path, tmp_path, monkeypatch, three_cores, capsys):
-    import mfp.policies.training as training
-    from mfp.eval.commands_train import train_parser
-
-    seen = []
-
-    def fake_train(*args, **kw):
-        seen.append(torch.get_num_threads())
-        return {"step": 0, "train_loss": None, "val_loss": None, "val_loss_ema": None, "nonfinite_steps": 0,
-                "last_checkpoint": "-", "world_size": 1}
-
-    monkeypatch.setattr(training, "train", fake_train)
-    parser = argparse.ArgumentParser()
-    train_parser(parser.add_subparsers())
-    base = ["train", "--data", str(store_path), "--out", str(tmp_path / "r"), "--no-progress"]
-    for extra, expected in (([], 3), (["--num-workers", "1"], 2), (["--threads", "1"], 1)):
-        args = parser.parse_args(base + extra)
-        args.run(args)
-        assert seen[-1] == expected, extra
+    _train_threads_seen(monkeypatch, store_path, tmp_path,
+                        (([], 3), (["--num-workers", "1"], 2), (["--threads", "1"], 1)))
     assert "threads: 2 torch threads (default: the 3 cores this process may use less 1 worker process" in \
         capsys.readouterr().out
 
 
 def test_the_suite_trains_with_the_default_threads_and_records_the_resolved_precision(monkeypatch, three_cores):
-    from mfp.eval import suite
+    from mfp.eval.suite import runner as suite
 
     seen = []
     monkeypatch.setattr(suite, "_run_jobs", lambda cfg, progress, log: seen.append(torch.get_num_threads()))
@@ -367,7 +348,7 @@ def test_every_command_documents_threads_and_amp():
 
 # --- benchmarks record the CPU ---------------------------------------------------------------------------------
 def test_bench_train_records_the_cpu_and_times_precisions_and_threads_together(tmp_path):
-    from mfp.eval.bench_train import bench_train
+    from mfp.eval.bench.train import bench_train
 
     bench_train(heads=("meanflow",), preset="tiny", batch_size=4, n_points=16, steps=2, warmup=0,
                 amps=("none", "bf16"), threads=(1, 2), out=tmp_path / "t.json", verbose=False)
@@ -380,7 +361,7 @@ def test_bench_train_records_the_cpu_and_times_precisions_and_threads_together(t
 
 
 def test_bench_latency_records_the_cpu(tmp_path):
-    from mfp.eval.bench_latency import bench_latency
+    from mfp.eval.bench.latency import bench_latency
 
     bench_latency(heads=("meanflow",), presets=("tiny",), calls=2, warmup=0, devices=("cpu",),
                   out=tmp_path / "lat.json", verbose=False)
@@ -390,7 +371,7 @@ def test_bench_latency_records_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_two_runs_at_once_are_timed_against_one_alone():
-    from mfp.eval.bench_train import concurrent_cost
+    from mfp.eval.bench.train import concurrent_cost
 
     res = concurrent_cost("meanflow", "tiny", batch_size=4, n_points=16, steps=2, warmup=0, thread_counts=(1, 2),
                           rounds=1, verbose=False)

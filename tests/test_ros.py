@@ -124,6 +124,13 @@ class Node:
             self.proc.wait()
 
 
+def _kill(*nodes) -> None:
+    """Kill every node that was started (None: not started yet) and is still running."""
+    for node in nodes:
+        if node is not None:
+            node.kill()
+
+
 def _mfp(*args) -> list[str]:
     return [sys.executable, "-m", "mfp.eval.cli", *map(str, args)]
 
@@ -254,9 +261,7 @@ def test_estop_topic_stops_the_policy_and_the_robot(tmp_path, ros_env):
         rc_ctl, ctl_out = ctl.finish()
         rc_sim, sim_out = sim.finish()
     finally:
-        for node in (sim, button, ctl):
-            if node is not None:
-                node.kill()
+        _kill(sim, button, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] >= 1 and summary["trailing_holds"] >= 20
     assert DemoStore.open(tmp_path / "run.zarr").attrs["control_runs"][0]["stop_reason"] == "e_stop"
@@ -279,9 +284,7 @@ def test_estop_during_the_policy_warm_up_stops_both_nodes(tmp_path, ros_env, bus
             rc_ctl, ctl_out = ctl.finish()
             rc_sim, sim_out = sim.finish()
         finally:
-            for node in (sim, ctl):
-                if node is not None:
-                    node.kill()
+            _kill(sim, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     (event,) = [e for e in report["events"] if e["kind"] == "e_stop"]
     assert report["steps"] == 0 and "during the warm-up" in event["detail"], report
@@ -305,9 +308,7 @@ def test_estop_before_the_robot_is_up_reaches_a_controller_started_later(tmp_pat
         rc_ctl, ctl_out = ctl.finish()
         rc_sim, sim_out = sim.finish()
     finally:
-        for node in (sim, button, ctl):
-            if node is not None:
-                node.kill()
+        _kill(sim, button, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from mfp.eval.results_file import ResultsFile
-from mfp.eval.suite import SuiteConfig, run_suite
-from mfp.eval.suite_report import render_markdown
+from mfp.eval.suite.results_file import ResultsFile
+from mfp.eval.suite.runner import SuiteConfig, run_suite
+from mfp.eval.suite.report import render_markdown
 
 
 def test_results_file_skips_a_line_cut_by_a_crash_and_keeps_appending(tmp_path):
@@ -50,6 +50,14 @@ def test_report_shows_means_spreads_expert_and_labelled_published_numbers():
     assert not any(line.startswith("| **medium average**") for line in lines)
     assert "| inference ms p50 (batch 1, this machine) | | | 5.0 | 41.0 |" in lines
     assert "**not our measurements**" in md and "| MP1 (MeanFlow 1 step) | 100 | 69 | 58 |" in md
+
+
+def test_report_reads_rows_written_before_the_kind_field_as_policy_rows():
+    rows = [_row("metaworld/reach", "meanflow", 0, 0.5), _row("metaworld/reach", None, None, 0.95, kind="expert")]
+    legacy = {k: v for k, v in _row("metaworld/reach", "meanflow", 1, 1.0).items() if k != "kind"}
+    reach = next(line for line in render_markdown(rows + [legacy]).splitlines()
+                 if line.startswith("| metaworld/reach"))
+    assert reach == "| metaworld/reach | easy | 95 | 75 ± 25 (2) |"
 
 
 @pytest.mark.slow

@@ -26,23 +26,9 @@ N_POINTS = 64
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_store(path, n_eps: int = 4, T: int = 16, n_points: int = N_POINTS, agent_dim: int = 9, action_dim: int = 4):
-    """A tiny synthetic dataset: actions a smooth function of the state, clouds around the end effector."""
-    rng = np.random.default_rng(0)
-    store = DemoStore.create(path, attrs={"task": "synthetic/line", "camera": {"name": "synthetic"},
-                                          "point_cloud": {"num_points": n_points, "crop_low": [-1, -1, -1]}})
-    for e in range(n_eps):
-        t = np.linspace(0, 1, T, dtype=np.float32)[:, None]
-        pos = (t * rng.uniform(-1, 1, (1, agent_dim))).astype(np.float32)
-        act = np.tile(np.sin(3 * t + e), (1, action_dim)).astype(np.float32)
-        pc = (rng.normal(size=(T, n_points, 3)) * 0.1 + pos[:, None, :3]).astype(np.float32)
-        store.add_episode({"point_cloud": pc, "state": pos, "action": act})
-    return path
-
-
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("data") / "synthetic.zarr")
+def store_path(tmp_path_factory, synthetic_store):
+    return synthetic_store(tmp_path_factory.mktemp("data") / "synthetic.zarr", n_points=N_POINTS)
 
 
 def tiny(head: str = "meanflow", **kw) -> PolicyConfig:
@@ -170,8 +156,8 @@ def test_bad_checkpoints_and_mismatched_resumes_are_refused(store_path, tmp_path
     load_policy(last)                                         # the original is untouched and loads
 
 
-def test_dataset_config_shape_mismatch_names_both(tmp_path):
-    path = make_store(tmp_path / "d.zarr", n_eps=2, n_points=48, action_dim=3)
+def test_dataset_config_shape_mismatch_names_both(tmp_path, synthetic_store):
+    path = synthetic_store(tmp_path / "d.zarr", n_eps=2, n_points=48, action_dim=3)
     with pytest.raises(ValueError) as err:
         train(path, tiny("dp3"), quick(), tmp_path / "run", progress=False)
     msg = str(err.value)
@@ -296,8 +282,8 @@ DDP_WORKER = textwrap.dedent("""
 
 
 
-def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
-    data = make_store(tmp_path / "d.zarr")
+def test_two_gloo_ranks_end_with_identical_weights(tmp_path, synthetic_store):
+    data = synthetic_store(tmp_path / "d.zarr", n_points=N_POINTS)
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
@@ -316,7 +302,9 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
 
 # --- command line --------------------------------------------------------------------------------------------
 def _parser():
-    from mfp.eval.commands_train import bench_latency_parser, bench_train_parser, train_parser
+    from mfp.eval.cli.bench_latency import bench_latency_parser
+    from mfp.eval.cli.bench_train import bench_train_parser
+    from mfp.eval.cli.train import train_parser
 
     parser = argparse.ArgumentParser(prog="mfp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -373,7 +361,7 @@ def test_mfp_train_reads_shapes_from_the_dataset_and_resumes(store_path, tmp_pat
 
 # --- benchmarks (smoke: they run and report; timings are never asserted) ---------------------------------------
 def test_bench_train_reports_ratios(tmp_path):
-    from mfp.eval.bench_train import bench_train
+    from mfp.eval.bench.train import bench_train
 
     res = bench_train(heads=("meanflow", "flowpolicy", "splitmeanflow"), preset="tiny", batch_size=4, n_points=32,
                       steps=1, warmup=0, amps=("none", "bf16"), out=tmp_path / "train.json", verbose=False)
@@ -385,7 +373,7 @@ def test_bench_train_reports_ratios(tmp_path):
 
 
 def test_bench_latency_reports_speedup(tmp_path, monkeypatch):
-    from mfp.eval import bench_latency as bench
+    from mfp.eval.bench import latency as bench
 
     counted = {}                                  # head -> backbone forward calls the benchmark really made
     original = bench.untrained_policy

@@ -1,0 +1,201 @@
+"""`mfp bench latency`: observation -> action latency at batch 1, per head and UNet preset.
+
+One timed call = what a controller does each time the policy runs: the newest 128x128 depth image -> point
+cloud (mfp.envs.depth_to_point_cloud: back-projection, crop, farthest-point sampling), stacked with the previous
+frame's cloud into (1, 2, N, 3) + agent_pos (1, 2, d) -> policy.predict_action -> actions. Reported per call:
+preprocessing, policy, and total, as p50 / p99 over `calls` calls after `warmup`. The depth image is rendered by
+the task's camera (a real scene), the normaliser is fitted on its cloud; weights are random (latency does not
+depend on them). On CUDA: torch.cuda.synchronize() before each clock read, and three variants: eager,
+torch.compile, torch.compile with CUDA graphs (mode "reduce-overhead"). MeanFlow's speed-up over DP3-DDIM10 is
+the ratio of p50s measured in the same run. The JSON records the CPU (torch's capability string, whether it
+computes in bfloat16 natively: precision.cpu_info). Prints a table, saves JSON with provenance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from mfp.demos.provenance import provenance
+from mfp.eval.bench.save import save_and_print
+from mfp.eval.bench.untrained import untrained_policy
+from mfp.policies.heads import head_names
+from mfp.policies.training.precision import INFERENCE_THREADS, cpu_info
+
+TARGETS = {"meanflow_over_dp3_min": 8.0, "meanflow_total_ms_max": 5.0}
+
+
+def rendered_depth(task: str = "metaworld/reach", seed: int = 0):
+    """(depth (H, W), CameraModel, PointCloudConfig, agent_dim) from the task's camera after a reset."""
+    from mfp.envs import make_env
+
+    env = make_env(task)
+    try:
+        env.reset(seed=seed)
+        depth = np.array(env.camera.render_depth(), copy=True)
+        return depth, env.camera.camera_model(), env.pc_config, int(np.asarray(env.agent_pos()).shape[-1])
+    finally:
+        env.close()
+
+
+def _stats(ms: np.ndarray) -> dict[str, float]:
+    return {"p50": round(float(np.percentile(ms, 50)), 3), "p99": round(float(np.percentile(ms, 99)), 3),
+            "mean": round(float(ms.mean()), 3)}
+
+
+def _nfe(policy) -> int:
+    cfg = policy.config
+    if cfg.head == "dp3":
+        return int(cfg.head_cfg.num_inference_steps)
+    return int(cfg.head_cfg.sample_steps)
+
+
+def _time_calls(act, depth, camera, pc_config, agent_dim: int, device: str, calls: int, warmup: int) -> dict:
+    from mfp.envs import depth_to_point_cloud
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    prev = depth_to_point_cloud(depth, camera, pc_config)
+    pos = np.zeros((2, agent_dim), dtype=np.float32)
+    pre, pol, tot = [], [], []
+    for i in range(warmup + calls):
+        sync()
+        t0 = time.perf_counter()
+        cloud = depth_to_point_cloud(depth, camera, pc_config)
+        pc = torch.from_numpy(np.stack([prev, cloud]))[None].to(device)           # (1, 2, N, 3)
+        ap = torch.from_numpy(pos)[None].to(device)                               # (1, 2, d)
+        sync()
+        t1 = time.perf_counter()
+        action = act(pc, ap)
+        action.cpu()                                                              # the controller needs it on the host
+        sync()
+        t2 = time.perf_counter()
+        prev = cloud
+        if i >= warmup:
+            pre.append(t1 - t0)
+            pol.append(t2 - t1)
+            tot.append(t2 - t0)
+    ms = lambda x: 1000 * np.asarray(x)  # noqa: E731
+    return {"preprocess_ms": _stats(ms(pre)), "policy_ms": _stats(ms(pol)), "total_ms": _stats(ms(tot))}
+
+
+def _variants(device: str, compile_cuda: bool, compile_cpu: bool) -> list[str]:
+    if device == "cpu":
+        return ["eager", "compile"] if compile_cpu else ["eager"]
+    return ["eager", "compile", "compile+cudagraphs"] if compile_cuda else ["eager"]
+
+
+def _actor(policy, variant: str):
+    def act(pc, ap):
+        return policy.predict_action({"point_cloud": pc, "agent_pos": ap})["action"]
+
+    if variant == "eager":
+        return act
+    mode = "reduce-overhead" if variant == "compile+cudagraphs" else "default"
+    return torch.compile(act, mode=mode)
+
+
+def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int = 20, task: str = "metaworld/reach",
+                  devices=None, compile_cuda: bool = True, compile_cpu: bool = False, threads=(INFERENCE_THREADS,),
+                  out="runs/bench/latency.json", verbose: bool = True) -> dict:
+    """threads: torch CPU thread counts to time on CPU (an int, a sequence, or None for torch's current setting);
+    CUDA runs use the first. Batch-1 inference is per-op overhead bound: one thread avoids OpenMP hand-offs."""
+    from mfp.envs import depth_to_point_cloud
+
+    if calls < 1 or warmup < 0:
+        raise ValueError(f"bench latency needs calls >= 1 and warmup >= 0, got {calls}, {warmup}")
+    heads = tuple(heads) if heads else head_names()
+    if threads is None:
+        threads = [torch.get_num_threads()]
+    threads = [threads] if isinstance(threads, int) else list(threads)
+    devices = list(devices) if devices else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise RuntimeError("devices include cuda, but this torch build sees no CUDA GPU")
+    depth, camera, pc_config, agent_dim = rendered_depth(task)
+    cloud = depth_to_point_cloud(depth, camera, pc_config)
+
+    # Preprocessing alone (numpy + open3d on the host; the same for every head and device).
+    pre = []
+    for i in range(warmup + calls):
+        t0 = time.perf_counter()
+        depth_to_point_cloud(depth, camera, pc_config)
+        if i >= warmup:
+            pre.append(1000 * (time.perf_counter() - t0))
+    preprocess = _stats(np.asarray(pre))
+
+    rows, threads_before = [], torch.get_num_threads()
+    configs = [(d, v, t) for d in devices for v in _variants(d, compile_cuda, compile_cpu)
+               for t in (threads if d == "cpu" else threads[:1])]
+    try:
+        for (device, variant, n_threads), preset, head in itertools.product(configs, presets, heads):
+            torch.set_num_threads(n_threads)
+            policy = untrained_policy(head, preset, pc_config.num_points, agent_dim, cloud, device)
+            row = {"device": device, "variant": variant, "threads": n_threads, "preset": preset, "head": head,
+                   "nfe": _nfe(policy), "params": sum(p.numel() for p in policy.parameters())}
+            try:
+                with torch.inference_mode():
+                    row.update(_time_calls(_actor(policy, variant), depth, camera, pc_config, agent_dim, device,
+                                           calls, warmup))
+            except Exception as e:  # a compile failure of one variant must not hide the others
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            rows.append(row)
+            if verbose:
+                print(_row_line(row), flush=True)
+    finally:
+        torch.set_num_threads(threads_before)
+
+    speedups = []
+    for (device, variant, n_threads), preset in itertools.product(configs, presets):
+        sel = {r["head"]: r for r in rows if "error" not in r and
+               (r["device"], r["variant"], r["threads"], r["preset"]) == (device, variant, n_threads, preset)}
+        if "meanflow" in sel and "dp3" in sel:
+            mf, dp = sel["meanflow"], sel["dp3"]
+            speedups.append({"device": device, "variant": variant, "threads": n_threads, "preset": preset,
+                             "policy_p50": round(dp["policy_ms"]["p50"] / mf["policy_ms"]["p50"], 2),
+                             "total_p50": round(dp["total_ms"]["p50"] / mf["total_ms"]["p50"], 2),
+                             "meanflow_total_ms_p50": mf["total_ms"]["p50"]})
+    result = {
+        "what": "observation -> action latency at batch 1, preprocessing of a rendered depth image included",
+        "settings": {"task": task, "depth_shape": list(depth.shape), "n_points": pc_config.num_points,
+                     "calls": calls, "warmup": warmup, "presets": list(presets), "heads": list(heads),
+                     "devices": devices, "threads": threads, "cpu": cpu_info().to_dict(),
+                     "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "preprocess_ms": preprocess, "rows": rows, "meanflow_speedup_over_dp3": speedups, "targets": TARGETS,
+        "provenance": provenance(),
+    }
+    cpu_small = min((s for s in speedups if s["device"] == "cpu" and s["preset"] == "small"),
+                    key=lambda s: s["meanflow_total_ms_p50"], default=None)
+    if cpu_small:                                       # the best CPU setting measured
+        result["meets_with"] = {k: cpu_small[k] for k in ("variant", "threads")}
+        result["meets"] = {"cpu_small_speedup_ge_8": cpu_small["policy_p50"] >= TARGETS["meanflow_over_dp3_min"],
+                           "cpu_small_meanflow_total_lt_5ms":
+                               cpu_small["meanflow_total_ms_p50"] < TARGETS["meanflow_total_ms_max"]}
+    return save_and_print(result, out, format_table(result) if verbose else None, verbose)
+
+
+def _row_line(r: dict) -> str:
+    where = f"{r['device']:5} {r['variant']:19} {r['threads']:>3} {r['preset']:6} {r['head']:14}"
+    if "error" in r:
+        return f"{where} error: {r['error']}"
+    return (f"{where} {r['nfe']:>4} "
+            f"{r['policy_ms']['p50']:>9.2f} {r['policy_ms']['p99']:>9.2f} {r['total_ms']['p50']:>9.2f} "
+            f"{r['total_ms']['p99']:>9.2f}")
+
+
+def format_table(result: dict) -> str:
+    p = result["preprocess_ms"]
+    cpu = result["settings"].get("cpu") or {}
+    lines = [f"CPU: torch capability {cpu.get('cpu_capability')}, native bf16 {cpu.get('bf16_native')}",
+             f"preprocessing (depth {result['settings']['depth_shape']} -> {result['settings']['n_points']} points): "
+             f"p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms",
+             f"{'dev':5} {'variant':19} {'thr':>3} {'preset':6} {'head':14} {'NFE':>4} {'policy p50':>9} {'p99':>9} "
+             f"{'total p50':>9} {'p99':>9}   (ms)"]
+    lines += [_row_line(r) for r in result["rows"]]
+    for s in result["meanflow_speedup_over_dp3"]:
+        lines.append(f"MeanFlow speed-up over DP3-DDIM10 ({s['device']}, {s['variant']}, {s['threads']} threads, "
+                     f"{s['preset']}): "
+                     f"policy {s['policy_p50']}x, with preprocessing {s['total_p50']}x; "
+                     f"MeanFlow total p50 {s['meanflow_total_ms_p50']} ms")
+    return "\n".join(lines)

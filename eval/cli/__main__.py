@@ -1,0 +1,7 @@
+"""`python -m mfp.eval.cli ...` is `mfp ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
