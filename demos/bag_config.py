@@ -105,80 +105,16 @@ class BagImportConfig:
         allowed = ("task", "topics", "camera_to_base", "point_cloud", "state_joints", "action_joints",
                    "max_staleness_s", "stamp_tolerance_s", "episode_gap_s", "time_source")
         _no_unknown_keys(data, allowed, "", source)
-
         task = data.get("task")
         if not isinstance(task, str) or not task.strip():
             raise fail("task", "a non-empty dataset task name such as 'real/arm-pick'", task)
-
-        topics = data.get("topics")
-        if not isinstance(topics, dict):
-            raise fail("topics", f"a mapping with keys among {list(TOPIC_KEYS)}", topics)
-        _no_unknown_keys(topics, TOPIC_KEYS, "topics.", source)
-        for key, value in topics.items():
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise fail(f"topics.{key}", "a topic name (text) such as '/joint_states'", value)
-        for key in ("state", "action"):
-            if not topics.get(key):
-                raise fail(f"topics.{key}", "a topic name (required)")
-        has_cloud, has_depth, has_info = (bool(topics.get(k)) for k in ("point_cloud", "depth", "camera_info"))
-        if has_cloud and (has_depth or has_info):
-            raise fail("topics", "either point_cloud, or depth + camera_info, not both",
-                       {k: topics[k] for k in ("point_cloud", "depth", "camera_info") if topics.get(k)})
-        if not has_cloud and not (has_depth and has_info):
-            missing = [k for k in ("depth", "camera_info") if not topics.get(k)]
-            raise fail("topics", f"an observation source: point_cloud (sensor_msgs/PointCloud2), or depth "
-                                 f"(sensor_msgs/Image) + camera_info (sensor_msgs/CameraInfo); missing {missing}")
-        roles = {k: v for k, v in topics.items() if v}
-        if len(set(roles.values())) != len(roles):
-            raise fail("topics", "a different topic for each role", roles)
-
+        topics = _read_topics(data.get("topics"), fail, source)
         camera_to_base = _matrix4(data.get("camera_to_base"), fail)
-
-        pc = data.get("point_cloud") or {}
-        if not isinstance(pc, dict):
-            raise fail("point_cloud", f"a mapping with keys among {list(_POINT_CLOUD_KEYS)}", pc)
-        _no_unknown_keys(pc, _POINT_CLOUD_KEYS, "point_cloud.", source)
-        for key in ("crop_low", "crop_high"):
-            if key in pc and (not isinstance(pc[key], (list, tuple)) or len(pc[key]) != 3
-                              or not all(_is_number(v) for v in pc[key])):
-                raise fail(f"point_cloud.{key}", "3 numbers [x, y, z] in metres, robot base frame", pc[key])
-        for key in ("num_points", "max_points_before_fps"):
-            if key in pc and (not isinstance(pc[key], int) or isinstance(pc[key], bool) or pc[key] < 1):
-                raise fail(f"point_cloud.{key}", "a positive integer", pc[key])
-        try:
-            point_cloud = PointCloudConfig(**pc)
-        except ValueError as e:
-            raise BagConfigError(f"{source}: key 'point_cloud': {e}") from None
-
-        joints = {}
-        for key in ("state_joints", "action_joints"):
-            value = data.get(key)
-            if value is not None:
-                if (not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value)
-                        or len(set(value)) != len(value)):
-                    raise fail(key, "a list of distinct joint names (or null for all joints, as published)", value)
-                value = tuple(value)
-            joints[key] = value
-
-        staleness = data.get("max_staleness_s", 0.1)
-        if not _is_number(staleness) or not math.isfinite(staleness) or staleness <= 0:
-            raise fail("max_staleness_s", "a positive number of seconds", staleness)
-        tolerance = data.get("stamp_tolerance_s", 0.001)
-        if not _is_number(tolerance) or not math.isfinite(tolerance) or tolerance < 0:
-            raise fail("stamp_tolerance_s", "a number of seconds >= 0 (how much later than an action a sample may "
-                                            "be stamped and still count as at or before it)", tolerance)
-        gap = data.get("episode_gap_s")
-        if gap is not None and (not _is_number(gap) or not math.isfinite(gap) or gap <= 0):
-            raise fail("episode_gap_s", "a positive number of seconds, or null for one episode per bag", gap)
-        time_source = data.get("time_source", "header")
-        if time_source not in TIME_SOURCES:
-            raise fail("time_source", "'header' (header.stamp where a message has one, else the bag's log time) "
-                                      "or 'log' (the bag's log time for every message)", time_source)
-        return cls(task=task.strip(), topics=TopicsConfig(**{k: v for k, v in topics.items() if v}),
-                   camera_to_base=camera_to_base, point_cloud=point_cloud, state_joints=joints["state_joints"],
-                   action_joints=joints["action_joints"], max_staleness_s=float(staleness),
-                   stamp_tolerance_s=float(tolerance),
-                   episode_gap_s=None if gap is None else float(gap), time_source=time_source, source=source)
+        point_cloud = _read_point_cloud(data.get("point_cloud") or {}, fail, source)
+        joints = {key: _read_joints(data.get(key), key, fail) for key in ("state_joints", "action_joints")}
+        return cls(task=task.strip(), topics=topics, camera_to_base=camera_to_base, point_cloud=point_cloud,
+                   state_joints=joints["state_joints"], action_joints=joints["action_joints"],
+                   **_read_timing(data, fail), source=source)
 
     # --- use ------------------------------------------------------------------------------------------------
     @property
@@ -229,3 +165,76 @@ def _matrix4(value: Any, fail) -> tuple[tuple[float, ...], ...]:
         raise fail("camera_to_base", "a rotation in the upper-left 3x3 block (orthonormal rows, determinant +1; "
                                      f"its determinant is {np.linalg.det(R):.4f})", [r[:3] for r in value[:3]])
     return tuple(tuple(float(v) for v in row) for row in value)
+
+
+def _read_topics(topics: Any, fail, source: str) -> TopicsConfig:
+    """`topics`: a topic per role; the observation from point_cloud, or from depth + camera_info."""
+    if not isinstance(topics, dict):
+        raise fail("topics", f"a mapping with keys among {list(TOPIC_KEYS)}", topics)
+    _no_unknown_keys(topics, TOPIC_KEYS, "topics.", source)
+    for key, value in topics.items():
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise fail(f"topics.{key}", "a topic name (text) such as '/joint_states'", value)
+    for key in ("state", "action"):
+        if not topics.get(key):
+            raise fail(f"topics.{key}", "a topic name (required)")
+    has_cloud, has_depth, has_info = (bool(topics.get(k)) for k in ("point_cloud", "depth", "camera_info"))
+    if has_cloud and (has_depth or has_info):
+        raise fail("topics", "either point_cloud, or depth + camera_info, not both",
+                   {k: topics[k] for k in ("point_cloud", "depth", "camera_info") if topics.get(k)})
+    if not has_cloud and not (has_depth and has_info):
+        missing = [k for k in ("depth", "camera_info") if not topics.get(k)]
+        raise fail("topics", f"an observation source: point_cloud (sensor_msgs/PointCloud2), or depth "
+                             f"(sensor_msgs/Image) + camera_info (sensor_msgs/CameraInfo); missing {missing}")
+    roles = {k: v for k, v in topics.items() if v}
+    if len(set(roles.values())) != len(roles):
+        raise fail("topics", "a different topic for each role", roles)
+    return TopicsConfig(**roles)
+
+
+def _read_point_cloud(pc: Any, fail, source: str) -> PointCloudConfig:
+    """`point_cloud`: the base-frame crop box and point counts (PointCloudConfig's fields)."""
+    if not isinstance(pc, dict):
+        raise fail("point_cloud", f"a mapping with keys among {list(_POINT_CLOUD_KEYS)}", pc)
+    _no_unknown_keys(pc, _POINT_CLOUD_KEYS, "point_cloud.", source)
+    for key in ("crop_low", "crop_high"):
+        if key in pc and (not isinstance(pc[key], (list, tuple)) or len(pc[key]) != 3
+                          or not all(_is_number(v) for v in pc[key])):
+            raise fail(f"point_cloud.{key}", "3 numbers [x, y, z] in metres, robot base frame", pc[key])
+    for key in ("num_points", "max_points_before_fps"):
+        if key in pc and (not isinstance(pc[key], int) or isinstance(pc[key], bool) or pc[key] < 1):
+            raise fail(f"point_cloud.{key}", "a positive integer", pc[key])
+    try:
+        return PointCloudConfig(**pc)
+    except ValueError as e:
+        raise BagConfigError(f"{source}: key 'point_cloud': {e}") from None
+
+
+def _read_joints(value: Any, key: str, fail) -> tuple[str, ...] | None:
+    """`state_joints` / `action_joints`: distinct joint names in order, or None for all joints as published."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value)
+            or len(set(value)) != len(value)):
+        raise fail(key, "a list of distinct joint names (or null for all joints, as published)", value)
+    return tuple(value)
+
+
+def _read_timing(data: dict, fail) -> dict:
+    """max_staleness_s, stamp_tolerance_s, episode_gap_s and time_source, checked, with their defaults."""
+    staleness = data.get("max_staleness_s", 0.1)
+    if not _is_number(staleness) or not math.isfinite(staleness) or staleness <= 0:
+        raise fail("max_staleness_s", "a positive number of seconds", staleness)
+    tolerance = data.get("stamp_tolerance_s", 0.001)
+    if not _is_number(tolerance) or not math.isfinite(tolerance) or tolerance < 0:
+        raise fail("stamp_tolerance_s", "a number of seconds >= 0 (how much later than an action a sample may "
+                                        "be stamped and still count as at or before it)", tolerance)
+    gap = data.get("episode_gap_s")
+    if gap is not None and (not _is_number(gap) or not math.isfinite(gap) or gap <= 0):
+        raise fail("episode_gap_s", "a positive number of seconds, or null for one episode per bag", gap)
+    time_source = data.get("time_source", "header")
+    if time_source not in TIME_SOURCES:
+        raise fail("time_source", "'header' (header.stamp where a message has one, else the bag's log time) "
+                                  "or 'log' (the bag's log time for every message)", time_source)
+    return {"max_staleness_s": float(staleness), "stamp_tolerance_s": float(tolerance),
+            "episode_gap_s": None if gap is None else float(gap), "time_source": time_source}

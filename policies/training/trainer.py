@@ -505,88 +505,136 @@ def train(data_path, policy_config, train_config: TrainConfig | None = None, run
 
 
 def _loop(run: _Run, eval_fn, eval_every: int, writer, progress: bool) -> dict[str, Any]:
+    """Train from the run's position to cfg.steps: log, validate, evaluate and checkpoint on their schedules."""
     from tqdm.auto import tqdm
 
-    cfg, info = run.cfg, run.info
-    window: dict[str, float] = {}
-    n_window, last_logs, val = 0, {}, {}
+    cfg = run.cfg
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    logs_window = _LogWindow(run, writer, bar)
     t_start, step_start = time.perf_counter(), run.step
-    t_window, step_window = time.perf_counter(), run.step
+    val: dict[str, float] = {}
+    batches = _batches(run)
     try:
         while run.step < cfg.steps:
-            run.sampler.set_position(run.epoch, run.batch_in_epoch)
-            run.loader_gen.manual_seed(cfg.seed + run.epoch)
-            for batch in run.loader:
-                ok, logs = run.train_step(batch)
-                run.step += 1
-                run.batch_in_epoch += 1
-                if ok:
-                    run.nonfinite_streak = 0
-                    for k, v in logs.items():
-                        window[k] = window.get(k, 0.0) + v
-                    n_window += 1
-                else:
-                    run.nonfinite_streak += 1
-                    run.nonfinite_total += 1
-                    if run.nonfinite_streak >= cfg.max_nonfinite_steps:
-                        last = run.run_dir / LAST_NAME
-                        where = (f"the last checkpoint {last} (step {read_checkpoint(last).step}) is intact"
-                                 if last.exists() else "no checkpoint was written yet")
-                        raise NonFiniteLossError(
-                            f"training stopped at step {run.step}: {run.nonfinite_streak} consecutive steps with a "
-                            f"non-finite loss or gradient (loss {logs['loss']}, grad norm {logs['grad_norm']}); "
-                            f"{where}. Lower the learning rate, check the data, or try amp='none'")
-                bar.update(1)
-                final = run.step >= cfg.steps
-                if cfg.log_every > 0 and (run.step % cfg.log_every == 0 or final):
-                    if n_window:
-                        last_logs = {k: v / n_window for k, v in window.items()}
-                    now = time.perf_counter()
-                    rate = (run.step - step_window) / max(now - t_window, 1e-9)
-                    if writer is not None:
-                        for k, v in last_logs.items():
-                            writer.add_scalar(f"train/{k}", v, run.step)
-                        writer.add_scalar("lr", run.scheduler.get_last_lr()[0], run.step)
-                        writer.add_scalar("train/steps_per_s", rate, run.step)
-                        writer.add_scalar("train/nonfinite_steps", run.nonfinite_total, run.step)
-                    bar.set_postfix(loss=f"{last_logs.get('loss', float('nan')):.4f}",
-                                    lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
-                    window, n_window, t_window, step_window = {}, 0, now, run.step
-                if info.is_main and run.val_loader is not None and (run.step % cfg.val_every == 0 or final):
-                    val = run.validation_losses()
-                    if writer is not None:
-                        for k, v in val.items():
-                            writer.add_scalar(k, v, run.step)
-                if info.is_main and eval_fn is not None and ((eval_every and run.step % eval_every == 0) or final):
-                    entry = run.run_eval(eval_fn)
-                    if writer is not None:
-                        for k, v in entry.items():
-                            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                                writer.add_scalar(f"eval/{k}", v, run.step)
-                periodic = cfg.ckpt_every > 0 and run.step % cfg.ckpt_every == 0
-                if periodic or final:
-                    run.save_checkpoint(periodic)
-                if final:
-                    break
+            ok, logs = run.train_step(next(batches))
+            run.step += 1
+            run.batch_in_epoch += 1
+            if ok:
+                run.nonfinite_streak = 0
+                logs_window.add(logs)
             else:
-                run.epoch += 1
-                run.batch_in_epoch = 0
+                _count_nonfinite(run, logs)
+            bar.update(1)
+            final = run.step >= cfg.steps
+            if cfg.log_every > 0 and (run.step % cfg.log_every == 0 or final):
+                logs_window.flush()
+            new_val = _validate_and_evaluate(run, eval_fn, eval_every, writer, final)
+            if new_val is not None:
+                val = new_val
+            periodic = cfg.ckpt_every > 0 and run.step % cfg.ckpt_every == 0
+            if periodic or final:
+                run.save_checkpoint(periodic)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start
-    if n_window:
-        last_logs = {k: v / n_window for k, v in window.items()}
+    steps_per_s = (run.step - step_start) / elapsed if elapsed > 0 and run.step > step_start else None
+    return _result(run, logs_window.mean(), val, steps_per_s)
+
+
+def _batches(run: _Run):
+    """Training batches from the run's position on, epoch after epoch (the sampler resumes mid-epoch; each epoch's
+    order is seeded by seed + epoch)."""
+    while True:
+        run.sampler.set_position(run.epoch, run.batch_in_epoch)
+        run.loader_gen.manual_seed(run.cfg.seed + run.epoch)
+        yield from run.loader
+        run.epoch += 1
+        run.batch_in_epoch = 0
+
+
+class _LogWindow:
+    """The training scalars averaged over the steps since the last log: to TensorBoard and the progress bar."""
+
+    def __init__(self, run: _Run, writer, bar):
+        self.run, self.writer, self.bar = run, writer, bar
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.last: dict[str, float] = {}          # the means of the last window that had finite steps
+        self.t0, self.step0 = time.perf_counter(), run.step
+
+    def add(self, logs: dict[str, float]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def mean(self) -> dict[str, float]:
+        """The current window's means (the last window's when this one has no finite step)."""
+        if self.n:
+            self.last = {k: v / self.n for k, v in self.sums.items()}
+        return self.last
+
+    def flush(self) -> None:
+        run, writer = self.run, self.writer
+        means = self.mean()
+        now = time.perf_counter()
+        rate = (run.step - self.step0) / max(now - self.t0, 1e-9)
+        lr = run.scheduler.get_last_lr()[0]
+        if writer is not None:
+            for k, v in means.items():
+                writer.add_scalar(f"train/{k}", v, run.step)
+            writer.add_scalar("lr", lr, run.step)
+            writer.add_scalar("train/steps_per_s", rate, run.step)
+            writer.add_scalar("train/nonfinite_steps", run.nonfinite_total, run.step)
+        self.bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}", refresh=False)
+        self.sums, self.n, self.t0, self.step0 = {}, 0, now, run.step
+
+
+def _count_nonfinite(run: _Run, logs: dict[str, float]) -> None:
+    """A skipped step (non-finite loss or gradient); max_nonfinite_steps of them in a row stop training."""
+    run.nonfinite_streak += 1
+    run.nonfinite_total += 1
+    if run.nonfinite_streak >= run.cfg.max_nonfinite_steps:
+        last = run.run_dir / LAST_NAME
+        where = (f"the last checkpoint {last} (step {read_checkpoint(last).step}) is intact"
+                 if last.exists() else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"training stopped at step {run.step}: {run.nonfinite_streak} consecutive steps with a "
+            f"non-finite loss or gradient (loss {logs['loss']}, grad norm {logs['grad_norm']}); "
+            f"{where}. Lower the learning rate, check the data, or try amp='none'")
+
+
+def _validate_and_evaluate(run: _Run, eval_fn, eval_every: int, writer, final: bool) -> dict[str, float] | None:
+    """On the main process: validation losses every val_every steps and the simulation hook every eval_every steps
+    (both at the end too), written to TensorBoard. Returns the validation losses when they were computed."""
+    cfg, val = run.cfg, None
+    if not run.info.is_main:
+        return None
+    if run.val_loader is not None and (run.step % cfg.val_every == 0 or final):
+        val = run.validation_losses()
+        if writer is not None:
+            for k, v in val.items():
+                writer.add_scalar(k, v, run.step)
+    if eval_fn is not None and ((eval_every and run.step % eval_every == 0) or final):
+        entry = run.run_eval(eval_fn)
+        if writer is not None:
+            for k, v in entry.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    writer.add_scalar(f"eval/{k}", v, run.step)
+    return val
+
+
+def _result(run: _Run, train_logs: dict[str, float], val: dict[str, float], steps_per_s: float | None) -> dict:
+    """train()'s result, saved as result.json by the main process, with the trained policies added."""
     result = {
-        "run_dir": str(run.run_dir), "step": run.step, "train_loss": last_logs.get("loss"),
+        "run_dir": str(run.run_dir), "step": run.step, "train_loss": train_logs.get("loss"),
         "val_loss": val.get("val/loss"), "val_loss_ema": val.get("val/loss_ema"),
         "nonfinite_steps": run.nonfinite_total, "eval": run.eval_history,
         "last_checkpoint": str(run.run_dir / LAST_NAME),
         "checkpoints": sorted(str(p) for p in run.run_dir.glob("step_*.safetensors")),
-        "steps_per_s": (run.step - step_start) / elapsed if elapsed > 0 and run.step > step_start else None,
-        "world_size": info.world_size,
+        "steps_per_s": steps_per_s,
+        "world_size": run.info.world_size,
     }
-    if info.is_main:
+    if run.info.is_main:
         atomic_write_json(run.run_dir / "result.json", result)
     result["policy"] = run.policy
     result["ema_policy"] = run.eval_weights_policy() if run.ema is not None else run.policy
