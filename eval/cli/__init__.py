@@ -15,7 +15,7 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from . import (bench_collect, bench_control, bench_latency, bench_report, bench_suite, bench_train,  # noqa: E402
-               check, collect, control, evaluate, import_bag, ros_sim, tasks, train)  # (parsers only)
+               check, collect, control, evaluate, export, import_bag, ros_sim, tasks, train)  # (parsers only)
 
 # Each entry adds one `mfp bench NAME` parser to the bench subparsers.
 BENCH_COMMANDS = [bench_collect.bench_collect_parser, bench_train.bench_train_parser,
@@ -33,8 +33,8 @@ def _bench_parser(sub) -> None:
 
 # Each entry adds one `mfp COMMAND` parser.
 COMMANDS = [collect.collect_parser, tasks.tasks_parser, train.train_parser, evaluate.eval_parser,
-            control.control_parser, ros_sim.ros_sim_parser, _bench_parser, import_bag.import_bag_parser,
-            check.check_parser]
+            export.export_parser, control.control_parser, ros_sim.ros_sim_parser, _bench_parser,
+            import_bag.import_bag_parser, check.check_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """Argument helpers shared by several commands: comma-separated lists, thread counts, the UNet presets, the head
-choices (from the head registry) and the point-cloud flags."""
+choices (from the head registry), the point-cloud flags and --runtime."""
 
 from __future__ import annotations
 
@@ -48,6 +48,15 @@ def add_point_cloud_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-points", type=int, default=None,
                    help="points per cloud after farthest-point sampling (default: 512; the task's crop box is kept)")
     p.add_argument("--camera-size", type=int, default=None, help="depth image width and height in pixels (default: 128)")
+
+
+def add_runtime_flag(p: argparse.ArgumentParser) -> None:
+    """--runtime of the commands that run a trained policy (mfp.eval.runtime.RUNTIMES, listed without importing it)."""
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="what runs the network: torch (the checkpoint's module), or onnx (ONNX Runtime on the CPU, "
+                        "one thread per worker): --ckpt is then an exported .onnx file (mfp export), or a "
+                        "checkpoint / run folder that is exported in memory first (a few seconds, no file written; "
+                        "DP3 cannot be exported) (default: torch)")
 
 
 def check_results_out(args) -> None:

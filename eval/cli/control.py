@@ -6,6 +6,8 @@ from mfp.demos.seeds import EVAL_SEED_START
 from mfp.envs import EPISODE_STEPS
 from mfp.eval.robots import robot_names
 
+from .args import add_runtime_flag
+
 
 def _safety_flags(p) -> None:
     s = p.add_argument_group("safety (outside the policy)")
@@ -30,7 +32,8 @@ def control_parser(sub) -> None:
                     "dropped and counted), every action is clipped and rate-limited, a watchdog holds the robot on "
                     "stale data, and Ctrl-C / the e-stop topic stop it. The point-cloud settings come from the "
                     "checkpoint. Every run can be recorded in the demonstration zarr layout.")
-    p.add_argument("--ckpt", default=None, help="checkpoint file or run folder")
+    p.add_argument("--ckpt", default=None,
+                   help="checkpoint file or run folder; with --runtime onnx also an exported .onnx file")
     p.add_argument("--expert", action="store_true",
                    help="drive with the task's scripted expert instead (simulated robots only: it reads the "
                         "simulator's privileged state, over ROS from the full_state topic)")
@@ -48,6 +51,7 @@ def control_parser(sub) -> None:
     p.add_argument("--picture", default=None, help="PNG of the first cropped cloud, saved before the run")
     p.add_argument("--ros-config", default=None, help="YAML of topic names and calibration (see eval/ros_topics.py)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_runtime_flag(p)
     p.add_argument("--out", default=None, help="JSON file for the run reports")
     _safety_flags(p)
     p.set_defaults(run=_control_run)
@@ -65,6 +69,8 @@ def _control_run(args) -> int:
         raise ValueError("give either --ckpt or --expert (with --task)")
     if args.expert and not args.task:
         raise ValueError("--expert needs --task")
+    if args.expert and args.runtime != "torch":
+        raise ValueError("--runtime applies to a trained policy (--ckpt), not to the expert")
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     from .output_paths import FILE, FOLDER, Output, check_outputs
@@ -85,7 +91,8 @@ def _control_run(args) -> int:
                           max_time_s=args.max_time)
     reports = control(ckpt=args.ckpt, expert_task=args.task if args.expert else None, task=args.task,
                       robot=args.robot, episodes=args.episodes, seed=args.seed, control_cfg=cfg, safety=safety,
-                      record=args.record, picture=args.picture, topics=topics, device=args.device)
+                      record=args.record, picture=args.picture, topics=topics, device=args.device,
+                      runtime=args.runtime)
     for r in reports:
         print(f"episode {r['episode']} (seed {r['seed']}): {r['stop_reason']}, success {r['success']}, "
               f"{r['steps']} actions, {r['holds']} holds, {r['dropped_actions']} dropped, "

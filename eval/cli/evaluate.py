@@ -6,11 +6,15 @@ episodes and a picture of the point cloud the policy sees (point_cloud.png). Whe
 stem (runs/x/eval.json -> runs/x/eval/); any other --out is a folder that receives eval.json, videos/ and
 point_cloud.png. By default: <run folder>/eval-<checkpoint name>.json (and folder eval-<checkpoint name>/), or
 runs/eval/<task>-expert.json with --expert. Every output path is checked before anything is rolled out.
+--runtime onnx runs the network in ONNX Runtime (mfp.eval.runtime): an exported .onnx file, or the checkpoint
+exported in memory.
 """
 
 from __future__ import annotations
 
 from mfp.demos.seeds import EVAL_SEED_START, EVAL_SET_STRIDE
+
+from .args import add_runtime_flag
 
 OUT_RULE = ("a path ending in .json is the results file, and its videos and point-cloud picture go to a folder "
             "beside it named after its stem (runs/x/eval.json -> runs/x/eval/); any other path is a folder that "
@@ -25,7 +29,9 @@ def eval_parser(sub) -> None:
                                    "demonstration seed), in parallel worker processes; print success (mean +- std "
                                    "over the seed sets) and the inference latency; save per-episode records as "
                                    "JSON, videos of the first episodes and a picture of the observed point cloud.")
-    p.add_argument("--ckpt", default=None, help="checkpoint file or run folder (its last checkpoint)")
+    p.add_argument("--ckpt", default=None,
+                   help="checkpoint file or run folder (its last checkpoint); with --runtime onnx also an exported "
+                        ".onnx file")
     p.add_argument("--expert", action="store_true",
                    help="evaluate the task's scripted/expert policy instead of a checkpoint (needs --task): the "
                         "ceiling, from privileged simulator state")
@@ -44,6 +50,7 @@ def eval_parser(sub) -> None:
     p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4", help="video format (default: mp4)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the training weights instead of the EMA weights")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_runtime_flag(p)
     p.add_argument("--out", default=None,
                    help=f"where results go: {OUT_RULE} (default: <run folder>/eval-<checkpoint name>.json, or "
                         f"runs/eval/<task>-expert.json with --expert)")
@@ -101,9 +108,10 @@ def _eval_run(args) -> int:
     from mfp.demos.atomic import atomic_write_json
     from mfp.demos.provenance import provenance
     from mfp.demos.seeds import eval_seed_set
+    from mfp.eval.runtime import load_for_runtime
     from mfp.eval.sim.evaluator import evaluate, resolve_task, save_observation_picture
-    from mfp.policies.training.checkpoint import load_policy, resolve_checkpoint_path
-    from mfp.policies.training.precision import available_cores
+    from mfp.policies.training.checkpoint import resolve_checkpoint_path
+    from mfp.policies.training.precision import INFERENCE_THREADS, available_cores
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
@@ -111,6 +119,8 @@ def _eval_run(args) -> int:
         raise ValueError("give either --ckpt (a trained policy) or --expert with --task")
     if args.expert and not args.task:
         raise ValueError("--expert needs --task, e.g. --task metaworld/drawer-open")
+    if args.expert and args.runtime != "torch":
+        raise ValueError("--runtime applies to a trained policy (--ckpt), not to the expert")
     seed_sets = parse_seed_sets(args.seeds)
     workers = args.workers or available_cores()
     policy, ckpt = None, None
@@ -119,7 +129,8 @@ def _eval_run(args) -> int:
     out, out_dir = eval_output_paths(args.out, ckpt, args.task)
     check_eval_outputs(out, out_dir, args.videos)
     if ckpt is not None:
-        policy = load_policy(ckpt, use_ema=not args.no_ema, device=args.device)
+        policy = load_for_runtime(ckpt, args.runtime, use_ema=not args.no_ema, device=args.device,
+                                  threads=args.threads or INFERENCE_THREADS, echo=print)
     task, point_cloud = resolve_task(policy, args.task, None)
     result = evaluate(policy, task, {k: eval_seed_set(k, args.episodes) for k in seed_sets}, device=args.device,
                       progress=not args.no_progress, point_cloud=point_cloud, workers=workers,
@@ -131,7 +142,7 @@ def _eval_run(args) -> int:
     if policy is not None:
         info = policy.checkpoint_info
         result["checkpoint"] = {"path": str(ckpt), "step": info["step"], "weights": info["weights"],
-                                "head": info["policy_config"].get("head")}
+                                "head": info["policy_config"].get("head"), "runtime": args.runtime}
     result["provenance"] = provenance()
     atomic_write_json(out, result)
     latency = ("" if result["inference_ms_p50"] is None else

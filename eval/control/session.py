@@ -19,16 +19,17 @@ from mfp.eval.task_check import policy_observation_settings, task_to_run
 log = logging.getLogger("mfp.control")
 
 
-def make_actor(ckpt=None, expert_task: str | None = None, device: str = "cpu"):
-    """(actor, task, point-cloud settings dict or None, agent_dim or None) from a checkpoint or an expert task."""
+def make_actor(ckpt=None, expert_task: str | None = None, device: str = "cpu", runtime: str = "torch"):
+    """(actor, task, point-cloud settings dict or None, agent_dim or None) from a checkpoint (or exported policy,
+    run by `runtime`: mfp.eval.runtime) or an expert task."""
     from mfp.eval.sim.rollout import ExpertActor, PolicyRunner
 
     if (ckpt is None) == (expert_task is None):
         raise ValueError("give either a checkpoint or an expert task")
     if ckpt is not None:
-        from mfp.policies.training.checkpoint import load_policy
+        from mfp.eval.runtime import load_for_runtime
 
-        policy = load_policy(ckpt, use_ema=True, device=device)
+        policy = load_for_runtime(ckpt, runtime, use_ema=True, device=device, echo=log.info)
         trained = policy_observation_settings(policy)
         return PolicyRunner(policy, device), trained["task"], trained["point_cloud"], policy.config.agent_dim
     return ExpertActor(expert_task), expert_task, None, None
@@ -37,13 +38,15 @@ def make_actor(ckpt=None, expert_task: str | None = None, device: str = "cpu"):
 def control(ckpt=None, expert_task: str | None = None, task: str | None = None, robot: str = "sim",
             episodes: int = 1, seed: int = EVAL_SEED_START, control_cfg: ControlConfig | None = None,
             safety: SafetyConfig | None = None, record=None, picture=None, topics=None, device: str = "cpu",
-            action_dim: int | None = None, agent_dim: int | None = None, estop: EStop | None = None) -> list[dict]:
-    """Run `episodes` episodes; returns each one's report summary. Ctrl-C is an emergency stop."""
+            action_dim: int | None = None, agent_dim: int | None = None, estop: EStop | None = None,
+            runtime: str = "torch") -> list[dict]:
+    """Run `episodes` episodes; returns each one's report summary. Ctrl-C is an emergency stop. `runtime`: what
+    runs the network (torch, or onnx: an exported .onnx file or the checkpoint exported in memory)."""
     from mfp.envs import make_env
     from mfp.eval.control.recorder import RunRecorder
 
     control_cfg, safety = control_cfg or ControlConfig(), safety or SafetyConfig()
-    actor, ckpt_task, point_cloud, ckpt_agent_dim = make_actor(ckpt, expert_task, device)
+    actor, ckpt_task, point_cloud, ckpt_agent_dim = make_actor(ckpt, expert_task, device, runtime)
     task = task_to_run(task, ckpt_task)
     if action_dim is None or agent_dim is None:
         if task is None:
@@ -66,7 +69,8 @@ def control(ckpt=None, expert_task: str | None = None, task: str | None = None, 
                 recorder = None
                 if record:
                     recorder = RunRecorder(record, {"task": task, **bot.describe(), "checkpoint": str(ckpt),
-                                                    "point_cloud": point_cloud, "control": vars(control_cfg),
+                                                    "runtime": runtime, "point_cloud": point_cloud,
+                                                    "control": vars(control_cfg),
                                                     "safety": safety.to_dict()})
                 if picture and i == 0:
                     _save_first_cloud(bot, picture, task, control_cfg.first_obs_timeout_s)

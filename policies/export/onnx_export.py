@@ -7,7 +7,8 @@ The graph (graph.OneStepGraph) holds the normaliser, the encoder and the head's 
 sampling noise as an input, so an exported policy and its torch source give the same actions for the same noise.
 Inputs: point_cloud (B, To, N, 3), agent_pos (B, To, d), noise (B, H, A), float32; outputs: action
 (B, n_action_steps, A) (the executed window) and action_pred (B, H, A), in environment units. The batch is dynamic.
-The configs and provenance go into the file's metadata (metadata.py). The file is written atomically.
+The configs and provenance go into the file's metadata (metadata.py). The file is written atomically;
+`onnx_bytes` gives the same contents without a file (`mfp eval --runtime onnx` on a checkpoint).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def export_onnx(policy_or_checkpoint, out_path, sample_steps: int | None = None,
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ExportError(f"export_onnx: {out_path} is a folder; give the path of the .onnx file to write")
+    return atomic_write_bytes(out_path, onnx_bytes(policy_or_checkpoint, sample_steps, use_ema, opset))
+
+
+def onnx_bytes(policy_or_checkpoint, sample_steps: int | None = None, use_ema: bool = True,
+               opset: int = OPSET) -> bytes:
+    """The exported policy file's contents, as export_onnx writes them (OnnxPolicy.from_bytes runs them without a
+    file)."""
     policy, info, ckpt_provenance = _resolve(policy_or_checkpoint, use_ema)
     graph = OneStepGraph(policy, sample_steps)
     model = _trace(graph, policy.config, opset)
@@ -52,7 +60,7 @@ def export_onnx(policy_or_checkpoint, out_path, sample_steps: int | None = None,
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    return atomic_write_bytes(out_path, model.SerializeToString())
+    return model.SerializeToString()
 
 
 def _resolve(policy_or_checkpoint, use_ema: bool):

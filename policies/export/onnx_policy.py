@@ -5,12 +5,13 @@
     out["action"]        (B, n_action_steps, A)   the actions to execute now, environment units
     out["action_pred"]   (B, H, A)                the whole predicted window
 
-What PolicyRunner (eval/rollout.py) uses of a policy is here with the same meaning: `config` (a PolicyConfig),
+What PolicyRunner (eval/sim/rollout.py) uses of a policy is here with the same meaning: `config` (a PolicyConfig),
 `to(device)` and `eval()` (return the policy; CPU only), `reset()`, `predict_action(obs_dict, generator=...)`, and
 `checkpoint_info` (task and point-cloud settings, as load_policy sets them). The sampling noise is drawn exactly as
 PointCloudPolicy.predict_action draws it (torch.randn(B, H, A) from `generator`, float32), so for the same
 generator state the two give the same actions. Torch tensors in give torch tensors out, numpy in gives numpy out.
 An OnnxPolicy pickles (for evaluation worker processes) with its model bytes; each process opens its own session.
+`OnnxPolicy.from_bytes(onnx_bytes(ckpt), ckpt)` runs a policy exported in memory, never written to a file.
 """
 
 from __future__ import annotations
@@ -29,13 +30,25 @@ INPUTS = ("point_cloud", "agent_pos")
 
 class OnnxPolicy:
     def __init__(self, path, threads: int = 1):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such exported policy (.onnx) file")
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such exported policy (.onnx) file")
+        self._setup(path, threads, path.read_bytes(), from_file=True)
+
+    @classmethod
+    def from_bytes(cls, model_bytes: bytes, source, threads: int = 1) -> "OnnxPolicy":
+        """A policy from an exported file's contents (onnx_export.onnx_bytes); `source` (e.g. the checkpoint it was
+        exported from) names it in messages, and checkpoint_info["onnx"] is None (no file)."""
+        policy = cls.__new__(cls)
+        policy._setup(Path(source), threads, bytes(model_bytes), from_file=False)
+        return policy
+
+    def _setup(self, path: Path, threads: int, model_bytes: bytes, from_file: bool) -> None:
+        self.path, self.from_file = path, from_file
         self.threads = int(threads)
         if self.threads < 1:
             raise ValueError(f"OnnxPolicy threads must be >= 1, got {threads}")
-        self._model_bytes = self.path.read_bytes()
+        self._model_bytes = model_bytes
         self._open()
 
     # --- the session and what the file says about itself ---------------------------------------------------
@@ -63,10 +76,11 @@ class OnnxPolicy:
         ckpt = {"path": None, "step": None, "weights": None, **(self.metadata["checkpoint"] or {})}
         self.checkpoint_info = {**ckpt, "policy_config": self.metadata["policy_config"],
                                 "train_config": self.metadata["train_config"], "data": self.metadata["data"],
-                                "onnx": str(self.path)}
+                                "onnx": str(self.path) if self.from_file else None}
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "threads": self.threads, "_model_bytes": self._model_bytes}
+        return {"path": self.path, "from_file": self.from_file, "threads": self.threads,
+                "_model_bytes": self._model_bytes}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
