@@ -386,7 +386,7 @@ def test_bench_latency_reports_speedup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "untrained_policy", counting_policy)
     res = bench.bench_latency(heads=("meanflow", "dp3"), presets=("tiny",), calls=3, warmup=1, devices=("cpu",),
-                              out=tmp_path / "lat.json", verbose=False)
+                              out=tmp_path / "lat.json", verbose=False, onnx=False)
     saved = json.loads((tmp_path / "lat.json").read_text())
     assert saved["settings"]["depth_shape"] == [128, 128] and saved["preprocess_ms"]["p50"] > 0
     assert all("error" not in r for r in saved["rows"])
@@ -394,3 +394,20 @@ def test_bench_latency_reports_speedup(tmp_path, monkeypatch):
     assert {r["head"]: r["nfe"] * (1 + 3) for r in saved["rows"]} == counted
     assert [r["nfe"] for r in saved["rows"]] == [1, 10]          # one step vs DP3's 10 DDIM steps
     assert res["meanflow_speedup_over_dp3"][0]["policy_p50"] > 0
+
+
+def test_bench_latency_times_onnx_runtime_beside_torch(tmp_path):
+    """The ONNX Runtime rows: MeanFlow timed (exported in memory), DP3 not run with the reason, and MeanFlow's
+    speed-up in that runtime measured against DP3 in torch eager."""
+    from mfp.eval.bench.latency import ONNX, bench_latency
+
+    res = bench_latency(heads=("meanflow", "dp3"), presets=("tiny",), calls=3, warmup=1, devices=("cpu",),
+                        out=tmp_path / "lat.json", verbose=False)
+    rows = {(r["variant"], r["head"]): r for r in json.loads((tmp_path / "lat.json").read_text())["rows"]}
+    assert set(rows) == {("eager", "meanflow"), ("eager", "dp3"), (ONNX, "meanflow"), (ONNX, "dp3")}
+    assert rows[(ONNX, "meanflow")]["policy_ms"]["p50"] > 0 and rows[(ONNX, "meanflow")]["nfe"] == 1
+    assert "head 'dp3' cannot be exported" in rows[(ONNX, "dp3")]["skipped"]
+    speedups = {s["variant"]: s for s in res["meanflow_speedup_over_dp3"]}
+    assert speedups[ONNX]["dp3_variant"] == "eager" and speedups[ONNX]["policy_p50"] > 0
+    assert speedups["eager"]["dp3_variant"] == "eager"
+    assert "torch.compile on the CPU: not timed" in res["settings"]["not_timed"][0]

@@ -1,14 +1,21 @@
-"""`mfp bench latency`: observation -> action latency at batch 1, per head and UNet preset.
+"""`mfp bench latency`: observation -> action latency at batch 1, per head, UNet preset and runtime.
 
 One timed call = what a controller does each time the policy runs: the newest 128x128 depth image -> point
-cloud (mfp.envs.depth_to_point_cloud: back-projection, crop, farthest-point sampling), stacked with the previous
-frame's cloud into (1, 2, N, 3) + agent_pos (1, 2, d) -> policy.predict_action -> actions. Reported per call:
-preprocessing, policy, and total, as p50 / p99 over `calls` calls after `warmup`. The depth image is rendered by
-the task's camera (a real scene), the normaliser is fitted on its cloud; weights are random (latency does not
-depend on them). On CUDA: torch.cuda.synchronize() before each clock read, and three variants: eager,
-torch.compile, torch.compile with CUDA graphs (mode "reduce-overhead"). MeanFlow's speed-up over DP3-DDIM10 is
-the ratio of p50s measured in the same run. The JSON records the CPU (torch's capability string, whether it
-computes in bfloat16 natively: precision.cpu_info). Prints a table, saves JSON with provenance.
+cloud (mfp.envs.depth_to_point_cloud: crop on the depth image, back-projection of what passes, farthest-point
+sampling with fpsample), stacked with the previous frame's cloud into (1, 2, N, 3) + agent_pos (1, 2, d) ->
+policy.predict_action -> actions. Reported per call: preprocessing, policy, and total, as p50 / p99 over `calls`
+calls after `warmup`. The depth image is rendered by the task's camera (a real scene), the normaliser is fitted on
+its cloud; weights are random (latency does not depend on them).
+
+Runtimes ("variant" in the rows): on the CPU torch eager, ONNX Runtime ("onnxruntime": the policy exported in
+memory by mfp.policies.export, run by OnnxPolicy with as many intra-op threads as the row's torch threads; heads
+that cannot be exported, DP3, get a row saying so) and, on request, torch.compile (about a minute of compilation
+per head on the development CPU, so off by default, and the table says so). On CUDA: torch.cuda.synchronize()
+before each clock read, and eager, torch.compile, torch.compile with CUDA graphs (mode "reduce-overhead").
+MeanFlow's speed-up over DP3-DDIM10 is the ratio of p50s measured in the same run, per runtime: against DP3 in the
+same runtime where it runs there, else against DP3 in torch eager (`dp3_variant` says which). The JSON records
+the CPU (torch's capability string, whether it computes in bfloat16 natively: precision.cpu_info). Prints a
+table, saves JSON with provenance.
 """
 
 from __future__ import annotations
@@ -81,27 +88,52 @@ def _time_calls(act, depth, camera, pc_config, agent_dim: int, device: str, call
     return {"preprocess_ms": _stats(ms(pre)), "policy_ms": _stats(ms(pol)), "total_ms": _stats(ms(tot))}
 
 
-def _variants(device: str, compile_cuda: bool, compile_cpu: bool) -> list[str]:
+ONNX = "onnxruntime"
+
+
+def _variants(device: str, compile_cuda: bool, compile_cpu: bool, onnx: bool = True) -> list[str]:
     if device == "cpu":
-        return ["eager", "compile"] if compile_cpu else ["eager"]
+        return ["eager"] + (["compile"] if compile_cpu else []) + ([ONNX] if onnx else [])
     return ["eager", "compile", "compile+cudagraphs"] if compile_cuda else ["eager"]
 
 
-def _actor(policy, variant: str):
+def _actor(policy, variant: str, threads: int):
+    """act(point_cloud, agent_pos) -> actions for the variant (runtime) of the row."""
+    if variant == ONNX:
+        from mfp.policies.export import OnnxPolicy, onnx_bytes
+
+        policy = OnnxPolicy.from_bytes(onnx_bytes(policy), f"untrained {policy.config.head}", threads=threads)
+
     def act(pc, ap):
         return policy.predict_action({"point_cloud": pc, "agent_pos": ap})["action"]
 
-    if variant == "eager":
+    if variant in ("eager", ONNX):
         return act
     mode = "reduce-overhead" if variant == "compile+cudagraphs" else "default"
     return torch.compile(act, mode=mode)
 
 
+def _not_run_reason(head: str, variant: str) -> str | None:
+    """Why a head does not run in a variant (DP3's scheduler cannot be exported), else None."""
+    if variant != ONNX:
+        return None
+    from mfp.policies import PolicyConfig
+    from mfp.policies.export import ExportError
+    from mfp.policies.export.graph import check_exportable
+
+    try:
+        check_exportable(PolicyConfig(head=head))
+    except ExportError as e:
+        return str(e).split(";")[0]
+    return None
+
+
 def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int = 20, task: str = "metaworld/reach",
                   devices=None, compile_cuda: bool = True, compile_cpu: bool = False, threads=(INFERENCE_THREADS,),
-                  out="runs/bench/latency.json", verbose: bool = True) -> dict:
+                  out="runs/bench/latency.json", verbose: bool = True, onnx: bool = True) -> dict:
     """threads: torch CPU thread counts to time on CPU (an int, a sequence, or None for torch's current setting);
-    CUDA runs use the first. Batch-1 inference is per-op overhead bound: one thread avoids OpenMP hand-offs."""
+    CUDA runs use the first. Batch-1 inference is per-op overhead bound: one thread avoids OpenMP hand-offs.
+    onnx: also time ONNX Runtime on the CPU; compile_cpu: also time torch.compile on the CPU (slow to compile)."""
     from mfp.envs import depth_to_point_cloud
 
     if calls < 1 or warmup < 0:
@@ -116,7 +148,7 @@ def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int 
     depth, camera, pc_config, agent_dim = rendered_depth(task)
     cloud = depth_to_point_cloud(depth, camera, pc_config)
 
-    # Preprocessing alone (numpy + open3d on the host; the same for every head and device).
+    # Preprocessing alone (numpy + fpsample on the host; the same for every head, device and runtime).
     pre = []
     for i in range(warmup + calls):
         t0 = time.perf_counter()
@@ -126,18 +158,29 @@ def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int 
     preprocess = _stats(np.asarray(pre))
 
     rows, threads_before = [], torch.get_num_threads()
-    configs = [(d, v, t) for d in devices for v in _variants(d, compile_cuda, compile_cpu)
+    configs = [(d, v, t) for d in devices for v in _variants(d, compile_cuda, compile_cpu, onnx)
                for t in (threads if d == "cpu" else threads[:1])]
+    skipped = [] if compile_cpu or "cpu" not in devices else [
+        "torch.compile on the CPU: not timed (about a minute of compilation per head here; --cpu-compile times it)"]
+    if verbose:
+        for line in skipped:
+            print(line, flush=True)
     try:
         for (device, variant, n_threads), preset, head in itertools.product(configs, presets, heads):
             torch.set_num_threads(n_threads)
+            row = {"device": device, "variant": variant, "threads": n_threads, "preset": preset, "head": head}
+            reason = _not_run_reason(head, variant)
+            if reason:
+                rows.append({**row, "skipped": reason})
+                if verbose:
+                    print(_row_line(rows[-1]), flush=True)
+                continue
             policy = untrained_policy(head, preset, pc_config.num_points, agent_dim, cloud, device)
-            row = {"device": device, "variant": variant, "threads": n_threads, "preset": preset, "head": head,
-                   "nfe": _nfe(policy), "params": sum(p.numel() for p in policy.parameters())}
+            row.update(nfe=_nfe(policy), params=sum(p.numel() for p in policy.parameters()))
             try:
+                act = _actor(policy, variant, n_threads)
                 with torch.inference_mode():
-                    row.update(_time_calls(_actor(policy, variant), depth, camera, pc_config, agent_dim, device,
-                                           calls, warmup))
+                    row.update(_time_calls(act, depth, camera, pc_config, agent_dim, device, calls, warmup))
             except Exception as e:  # a compile failure of one variant must not hide the others
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             rows.append(row)
@@ -146,21 +189,13 @@ def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int 
     finally:
         torch.set_num_threads(threads_before)
 
-    speedups = []
-    for (device, variant, n_threads), preset in itertools.product(configs, presets):
-        sel = {r["head"]: r for r in rows if "error" not in r and
-               (r["device"], r["variant"], r["threads"], r["preset"]) == (device, variant, n_threads, preset)}
-        if "meanflow" in sel and "dp3" in sel:
-            mf, dp = sel["meanflow"], sel["dp3"]
-            speedups.append({"device": device, "variant": variant, "threads": n_threads, "preset": preset,
-                             "policy_p50": round(dp["policy_ms"]["p50"] / mf["policy_ms"]["p50"], 2),
-                             "total_p50": round(dp["total_ms"]["p50"] / mf["total_ms"]["p50"], 2),
-                             "meanflow_total_ms_p50": mf["total_ms"]["p50"]})
+    speedups = _speedups(rows, configs, presets)
     result = {
         "what": "observation -> action latency at batch 1, preprocessing of a rendered depth image included",
         "settings": {"task": task, "depth_shape": list(depth.shape), "n_points": pc_config.num_points,
                      "calls": calls, "warmup": warmup, "presets": list(presets), "heads": list(heads),
-                     "devices": devices, "threads": threads, "cpu": cpu_info().to_dict(),
+                     "devices": devices, "threads": threads, "variants": [c[1] for c in configs],
+                     "not_timed": skipped, "cpu": cpu_info().to_dict(),
                      "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "preprocess_ms": preprocess, "rows": rows, "meanflow_speedup_over_dp3": speedups, "targets": TARGETS,
         "provenance": provenance(),
@@ -175,10 +210,35 @@ def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int 
     return save_and_print(result, out, format_table(result) if verbose else None, verbose)
 
 
+def _timed(rows, device, variant, n_threads, preset) -> dict:
+    """{head: row} of the rows timed (no error, not skipped) in this configuration."""
+    return {r["head"]: r for r in rows if "policy_ms" in r and
+            (r["device"], r["variant"], r["threads"], r["preset"]) == (device, variant, n_threads, preset)}
+
+
+def _speedups(rows, configs, presets) -> list[dict]:
+    """MeanFlow's speed-up over DP3-DDIM10 per configuration (runtime included): against DP3 in the same runtime
+    when it ran there, else against DP3 in torch eager on the same device, threads and preset."""
+    speedups = []
+    for (device, variant, n_threads), preset in itertools.product(configs, presets):
+        mf = _timed(rows, device, variant, n_threads, preset).get("meanflow")
+        dp3_variant = variant if "dp3" in _timed(rows, device, variant, n_threads, preset) else "eager"
+        dp = _timed(rows, device, dp3_variant, n_threads, preset).get("dp3")
+        if mf and dp:
+            speedups.append({"device": device, "variant": variant, "threads": n_threads, "preset": preset,
+                             "dp3_variant": dp3_variant,
+                             "policy_p50": round(dp["policy_ms"]["p50"] / mf["policy_ms"]["p50"], 2),
+                             "total_p50": round(dp["total_ms"]["p50"] / mf["total_ms"]["p50"], 2),
+                             "meanflow_total_ms_p50": mf["total_ms"]["p50"]})
+    return speedups
+
+
 def _row_line(r: dict) -> str:
     where = f"{r['device']:5} {r['variant']:19} {r['threads']:>3} {r['preset']:6} {r['head']:14}"
     if "error" in r:
         return f"{where} error: {r['error']}"
+    if "skipped" in r:
+        return f"{where} not run: {r['skipped']}"
     return (f"{where} {r['nfe']:>4} "
             f"{r['policy_ms']['p50']:>9.2f} {r['policy_ms']['p99']:>9.2f} {r['total_ms']['p50']:>9.2f} "
             f"{r['total_ms']['p99']:>9.2f}")
@@ -193,9 +253,11 @@ def format_table(result: dict) -> str:
              f"{'dev':5} {'variant':19} {'thr':>3} {'preset':6} {'head':14} {'NFE':>4} {'policy p50':>9} {'p99':>9} "
              f"{'total p50':>9} {'p99':>9}   (ms)"]
     lines += [_row_line(r) for r in result["rows"]]
+    lines += result["settings"].get("not_timed", [])
     for s in result["meanflow_speedup_over_dp3"]:
-        lines.append(f"MeanFlow speed-up over DP3-DDIM10 ({s['device']}, {s['variant']}, {s['threads']} threads, "
-                     f"{s['preset']}): "
+        against = "" if s.get("dp3_variant", s["variant"]) == s["variant"] else f" (DP3 in {s['dp3_variant']})"
+        lines.append(f"MeanFlow speed-up over DP3-DDIM10{against} ({s['device']}, {s['variant']}, {s['threads']} "
+                     f"threads, {s['preset']}): "
                      f"policy {s['policy_p50']}x, with preprocessing {s['total_p50']}x; "
                      f"MeanFlow total p50 {s['meanflow_total_ms_p50']} ms")
     return "\n".join(lines)
