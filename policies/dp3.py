@@ -53,6 +53,7 @@ class DP3Head(Head):
         return z
 
 
-# Time scale None: DP3 feeds integer diffusion steps (scale = num_train_timesteps reproduces them).
+# Time scale None: DP3 feeds integer diffusion steps (scale = num_train_timesteps reproduces them). Not exportable:
+# its sampler steps a diffusers scheduler in Python.
 register_head(HeadSpec("dp3", DP3Config, DP3Head,
-                       two_times=False, time_scale=None, label="DP3 DDIM-10"))
+                       two_times=False, time_scale=None, label="DP3 DDIM-10", exportable=False))

@@ -6,9 +6,10 @@ A head is one module that defines its Head subclass (head.py's interface) and en
                            label="MeanFlow 1-NFE"))
 
 Everything that lists or builds heads reads this registry: `PolicyConfig` (head names, head configs, default time
-scale, whether the backbone takes two times), `make_head`, the CLI's --head / --heads choices, the benchmarks and
-the suite. A built-in head is also named in BUILTIN_HEAD_MODULES, which loads it on first use; a head defined
-elsewhere (a test, a user's experiment) registers itself when its module is imported.
+scale, whether the backbone takes two times), `make_head`, the CLI's --head / --heads choices, the benchmarks, the
+suite and `mfp export` (which heads it can export: `exportable`, true unless a head says otherwise). A built-in
+head is also named in BUILTIN_HEAD_MODULES, which loads it on first use; a head defined elsewhere (a test, a
+user's experiment) registers itself when its module is imported.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ class HeadSpec:
     """What the rest of the code needs to know of one head.
 
     time_scale: the scale applied to t in [0, 1] before the sinusoidal time embedding when UNetConfig.time_scale
-    is None (it enters du/dt directly); None: the head's config's num_train_timesteps (integer diffusion steps)."""
+    is None (it enters du/dt directly); None: the head's config's num_train_timesteps (integer diffusion steps).
+    exportable: whether `mfp export` can trace the head's sampler into a fixed graph (mfp.policies.export): true
+    for a sampler that is a fixed loop of backbone calls made of tensor operations; false for one that steps a
+    scheduler in Python (DP3's diffusers scheduler)."""
 
     name: str                   # PolicyConfig.head, the CLI's --head, results rows' "head_name"
     config: type                # the head's config dataclass (PolicyConfig.head_cfg); its ClassVar `name` == name
@@ -34,6 +38,7 @@ class HeadSpec:
     two_times: bool             # whether the backbone is conditioned on two times (r, t) rather than t alone
     time_scale: float | None    # see the class docstring
     label: str = ""             # how reports name it; the name when empty
+    exportable: bool = True     # see the class docstring
 
     @property
     def display_name(self) -> str:
@@ -78,6 +83,11 @@ def registered_heads() -> dict[str, HeadSpec]:
     """{name: HeadSpec} of every head, in head_names() order (the built-in heads' modules are imported here)."""
     _load_builtins()
     return {n: _HEADS[n] for n in head_names()}
+
+
+def exportable_heads() -> tuple[str, ...]:
+    """The heads whose policies `mfp export` can write (HeadSpec.exportable), in head_names() order."""
+    return tuple(name for name, spec in registered_heads().items() if spec.exportable)
 
 
 def head_spec(name: str) -> HeadSpec:

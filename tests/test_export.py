@@ -24,25 +24,13 @@ N_POINTS, AGENT_DIM, ACTION_DIM, T = 64, 9, 4, 12
 TOLERANCE = 1e-4
 
 
-def synthetic_store(path, n_eps: int = 3):
-    """Episodes whose actions follow the state; clouds around the end effector (as in the training tests)."""
-    rng = np.random.default_rng(0)
-    store = DemoStore.create(path, attrs={"task": "synthetic/line", "camera": {"name": "synthetic"},
-                                          "point_cloud": {"num_points": N_POINTS}})
-    for e in range(n_eps):
-        t = np.linspace(0, 1, T, dtype=np.float32)[:, None]
-        pos = (t * rng.uniform(-1, 1, (1, AGENT_DIM))).astype(np.float32)
-        act = np.tile(np.sin(3 * t + e), (1, ACTION_DIM)).astype(np.float32)
-        pc = (rng.normal(size=(T, N_POINTS, 3)) * 0.1 + pos[:, None, :3]).astype(np.float32)
-        store.add_episode({"point_cloud": pc, "state": pos, "action": act})
-    return path
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A briefly trained tiny MeanFlow run (the default head and prediction=sample), exported from its folder."""
+def exported(tmp_path_factory, synthetic_store):
+    """A briefly trained tiny MeanFlow run (the default head and prediction=sample) on the synthetic dataset of
+    conftest.py, exported from its folder."""
     root = tmp_path_factory.mktemp("export")
-    data = synthetic_store(root / "data.zarr")
+    data = synthetic_store(root / "data.zarr", n_eps=3, T=T, n_points=N_POINTS, agent_dim=AGENT_DIM,
+                           action_dim=ACTION_DIM)
     cfg = PolicyConfig(head="meanflow", n_points=N_POINTS, unet={"preset": "tiny"})
     tc = TrainConfig(steps=12, batch_size=8, lr=1e-3, val_every=0, ckpt_every=100, log_every=100, warmup_steps=0,
                      val_ratio=0.34)
@@ -170,6 +158,9 @@ def fitted(policy):
 
 
 def test_dp3_is_refused_and_an_unfitted_policy_too(tmp_path):
+    from mfp.policies.heads import exportable_heads
+
+    assert exportable_heads() == ("meanflow", "flowpolicy", "splitmeanflow")     # HeadSpec.exportable: DP3 not
     dp3 = fitted(build_policy(PolicyConfig(head="dp3", n_points=N_POINTS, unet={"preset": "tiny"})))
     with pytest.raises(ExportError, match="head 'dp3' cannot be exported.*10 DDIM steps"):
         export_onnx(dp3, tmp_path / "dp3.onnx")

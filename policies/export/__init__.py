@@ -5,9 +5,9 @@ be), metadata.py (the configs and provenance stored in the file), parity.py (max
 policy against its torch source).
 """
 
-from .graph import EXPORTABLE_HEADS, ExportError
+from .graph import ExportError
 from .onnx_export import export_onnx, onnx_bytes
 from .onnx_policy import OnnxPolicy
 from .parity import max_action_difference
 
-__all__ = ["export_onnx", "onnx_bytes", "OnnxPolicy", "ExportError", "EXPORTABLE_HEADS", "max_action_difference"]
+__all__ = ["export_onnx", "onnx_bytes", "OnnxPolicy", "ExportError", "max_action_difference"]

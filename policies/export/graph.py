@@ -7,7 +7,8 @@ It runs exactly what `PointCloudPolicy.predict_action` runs after drawing its no
 the encoder (`encode_obs`), the head's sampler with a fixed number of network evaluations, the action
 unnormalisation and the execution window [To - 1, To - 1 + n_action_steps). The head's sampler is traced as it is,
 so every head whose sampling is a fixed loop of network calls exports (MeanFlow, SplitMeanFlow, FlowPolicy, with
-their `sample_steps`); DP3's diffusers scheduler does not and is refused by `check_exportable`.
+their `sample_steps`); DP3's diffusers scheduler does not and is refused by `check_exportable`. Which heads export
+is the head registry's `HeadSpec.exportable` (policies/heads.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import functools
 import torch
 from torch import nn
 
+from mfp.policies.heads import exportable_heads, head_spec
 from mfp.policies.unet import SequenceConv1d
-
-# Heads whose `sample` is a fixed loop of backbone calls made of plain tensor operations.
-EXPORTABLE_HEADS = ("meanflow", "splitmeanflow", "flowpolicy")
 
 
 class ExportError(ValueError):
@@ -30,11 +29,11 @@ class ExportError(ValueError):
 
 def check_exportable(config) -> None:
     """Refuse a head whose sampler cannot become a fixed graph, naming it and what to do instead."""
-    if config.head not in EXPORTABLE_HEADS:
+    if not head_spec(config.head).exportable:
         raise ExportError(
-            f"head '{config.head}' cannot be exported: its sampler ({_sampler_words(config)}) steps a diffusers "
-            f"scheduler in Python, not a fixed graph; export a head that samples with a fixed number of network "
-            f"evaluations: {', '.join(EXPORTABLE_HEADS)}")
+            f"head '{config.head}' cannot be exported: its sampler ({_sampler_words(config)}) steps a scheduler in "
+            f"Python, not a fixed graph; export a head that samples with a fixed number of network evaluations: "
+            f"{', '.join(exportable_heads())}")
 
 
 def _sampler_words(config) -> str:
