@@ -47,6 +47,8 @@ CASES = [
      lambda p: p + ".json", [("mfp.eval.sim.evaluator", "evaluate")]),
     ("eval", "--out", FOLDER, lambda p, inp: ["eval", "--expert", "--task", "metaworld/reach", "--out", p],
      None, [("mfp.eval.sim.evaluator", "evaluate")]),
+    ("export", "--out", FILE, lambda p, inp: ["export", "--ckpt", str(inp / "last.safetensors"), "--out", p],
+     None, [("mfp.policies.export", "export_onnx")]),
     ("control", "--out", FILE, lambda p, inp: ["control", "--expert", "--task", "metaworld/reach", "--out", p],
      None, [("mfp.eval.control.session", "control")]),
     ("control", "--record", FOLDER,
@@ -92,6 +94,7 @@ def make_inputs(folder: Path) -> Path:
     (inp / "rec.mcap").write_bytes(b"\x89MCAP0\r\n")
     (inp / "topics.yaml").write_text("task: real/x\n")
     (inp / "results.jsonl").write_text("")
+    (inp / "last.safetensors").write_bytes(b"")
     return inp
 
 
