@@ -54,6 +54,8 @@ def test_onnx_eval_gives_the_same_episodes_as_torch(run, tmp_path, capsys):
         results[name] = json.loads(out.read_text())
     assert f"onnx: exported {run['run'] / 'last.safetensors'} in memory" in capsys.readouterr().out
     torch_eps = results["torch"]["episodes"]
+    for name, result in results.items():
+        print(name, [(e["seed"], e["success"], round(e["episode_return"], 4)) for e in result["episodes"]])
     assert [e["seed"] for e in torch_eps] == [1010000, 1010001]
     for name in ("onnx-file", "onnx-memory"):
         assert results[name]["checkpoint"]["runtime"] == "onnx" and results[name]["task"] == "metaworld/reach"

@@ -44,7 +44,8 @@ def eval_parser(sub) -> None:
                    help="worker processes, each with its own environment and policy copy (default: the cores this "
                         "process may use); 1 runs the episodes in this process")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per worker, this process included when --workers is 1 (default: 1; "
+                   help="CPU threads per worker (torch's, or ONNX Runtime's with --runtime onnx), this process "
+                        "included when --workers is 1 (default: 1; "
                         "batch-1 inference gains little from more, and loses much on a shared machine)")
     p.add_argument("--videos", type=int, default=2, help="episodes recorded as videos, 0 for none (default: 2)")
     p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4", help="video format (default: mp4)")
