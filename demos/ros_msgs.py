@@ -48,6 +48,11 @@ def stamp_ns(msg) -> int | None:
     return ns or None
 
 
+def stamp_seconds(msg) -> float:
+    """The header stamp in seconds since the epoch (0.0 when unset: such a sample is as stale as can be)."""
+    return (stamp_ns(msg) or 0) / 1e9
+
+
 def as_bytes(data) -> memoryview:
     """A uint8[] field (bytes from rospy / mcap, a numpy array from rosbags, or a list) as bytes, not copied."""
     if isinstance(data, np.ndarray):
