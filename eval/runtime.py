@@ -6,8 +6,8 @@ One rule for `mfp eval` and `mfp control` (--runtime).
     policy = load_for_runtime("runs/x", "onnx")               # the checkpoint exported in memory first
 
 Both give what PolicyRunner uses (config, predict_action, checkpoint_info with the task and point-cloud settings,
-so task_check.py's rules hold for either). With onnx, a checkpoint or run folder is exported in memory (a few
-seconds; no file is written; a head that cannot be exported, DP3, is refused with the reason) and an .onnx file
+so task_check.py's rules hold for either). With onnx, a checkpoint or run folder is exported in memory (about
+ten seconds; no file is written; a head that cannot be exported, DP3, is refused with the reason) and an .onnx file
 is used as it is: its weights are those it was exported with, so use_ema=False is refused for it. An .onnx file
 with the torch runtime is refused with the flag to add. ONNX Runtime runs on the CPU, with `threads` intra-op
 threads (1 by default, as every evaluation worker runs).

@@ -119,7 +119,8 @@ def test_metadata_round_trips(exported):
 def test_bad_inputs_are_named_with_their_expected_shape(exported):
     policy = OnnxPolicy(exported["onnx"])
     path = str(exported["onnx"])
-    good = {"point_cloud": np.zeros((1, 2, N_POINTS, 3), np.float32), "agent_pos": np.zeros((1, 2, AGENT_DIM), np.float32)}
+    good = {"point_cloud": np.zeros((1, 2, N_POINTS, 3), np.float32),
+            "agent_pos": np.zeros((1, 2, AGENT_DIM), np.float32)}
     with pytest.raises(ValueError) as e:
         policy.predict_action({**good, "point_cloud": np.zeros((1, 2, 32, 3), np.float32)})
     assert path in str(e.value) and "'point_cloud'" in str(e.value) and f"(B, 2, {N_POINTS}, 3)" in str(e.value)

@@ -55,7 +55,7 @@ def add_runtime_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="what runs the network: torch (the checkpoint's module), or onnx (ONNX Runtime on the CPU, "
                         "one thread per worker): --ckpt is then an exported .onnx file (mfp export), or a "
-                        "checkpoint / run folder that is exported in memory first (a few seconds, no file written; "
+                        "checkpoint / run folder that is exported in memory first (about ten seconds, no file written; "
                         "DP3 cannot be exported) (default: torch)")
 
 

@@ -45,7 +45,7 @@ def _bench_latency_run(args) -> int:
     if args.paper and "paper" not in presets:
         presets += ("paper",)
     devices = None if args.devices == "auto" else csv_list(args.devices, ("cpu", "cuda"))
-    bench_latency(heads=csv_list(args.heads, head_choices()), presets=presets, calls=args.calls, warmup=args.warmup, task=args.task,
-                  devices=devices, compile_cuda=not args.no_compile, compile_cpu=args.cpu_compile,
+    bench_latency(heads=csv_list(args.heads, head_choices()), presets=presets, calls=args.calls, warmup=args.warmup,
+                  task=args.task, devices=devices, compile_cuda=not args.no_compile, compile_cpu=args.cpu_compile,
                   threads=thread_counts(args.threads), out=args.out, onnx=not args.no_onnx)
     return 0
