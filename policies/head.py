@@ -124,6 +124,18 @@ def sample_logit_normal_pair(batch: int, mean: float, std: float, ratio_r_eq_t: 
     return t, r
 
 
+class AverageVelocityHead(Head):
+    """A head whose network is the average velocity u(z, r, t) (MeanFlow, SplitMeanFlow): both sample alike,
+    e -> x = e - u(e, 0, 1) in one step (or cfg.sample_steps / `steps` steps), u derived per cfg.prediction,
+    clamped per cfg.clip_sample."""
+
+    @torch.no_grad()
+    def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
+               generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+        return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
+                                                 steps or self.cfg.sample_steps))
+
+
 def average_velocity_sample(net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, steps: int) -> torch.Tensor:
     """Sampling with an average-velocity network u(z, r, t): z_r = z_t - (t - r) u(z_t, r, t) on a uniform grid
     from t = 1 to 0. One step: x = e - u(e, 0, 1)."""

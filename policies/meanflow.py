@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import MeanFlowConfig
-from .head import (DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_error, average_velocity_sample,
+from .head import (AverageVelocityHead, DerivedVelocity, HeadLoss, adaptive_l2_loss, average_velocity_error,
                    expand_time, sample_times)
 from .heads import HeadSpec, register_head
 
@@ -51,7 +51,7 @@ def jvp_dudt(fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dz_dt: torch
     return u, dudt, aux
 
 
-class MeanFlowHead(Head):
+class MeanFlowHead(AverageVelocityHead):
     cfg: MeanFlowConfig
 
     def target(self, v_tilde: torch.Tensor, dudt: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -101,13 +101,6 @@ class MeanFlowHead(Head):
         logs = {"flow_loss": loss.item(), "mse": (u - u_tgt).detach().pow(2).mean().item(),
                 "dudt_abs": dudt.abs().mean().item()}
         return HeadLoss(loss, logs, features if return_features else [])
-
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
-               generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
-        return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
-                                                 steps or self.cfg.sample_steps))
-
 
 # Time scale 1.0, as MP1's code feeds t; with prediction="sample" a 450-step CPU probe (metaworld/door-open,
 # held-out chunk error) gave 0.17 at scale 1 against 0.24 at 1000 (docs/results/2026-12-01-one-step-cpu.md); the

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from .config import SplitMeanFlowConfig
-from .head import (DerivedVelocity, Head, HeadLoss, adaptive_l2_loss, average_velocity_error, average_velocity_sample,
+from .head import (AverageVelocityHead, DerivedVelocity, HeadLoss, adaptive_l2_loss, average_velocity_error,
                    expand_time, sample_times)
 from .heads import HeadSpec, register_head
 
 
-class SplitMeanFlowHead(Head):
+class SplitMeanFlowHead(AverageVelocityHead):
     cfg: SplitMeanFlowConfig
 
     def loss(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None,
@@ -44,13 +44,6 @@ class SplitMeanFlowHead(Head):
         loss, _ = adaptive_l2_loss(average_velocity_error(cfg, u, u_tgt, t), cfg.adaptive_p, cfg.adaptive_c, cfg.error_reduction)
         logs = {"flow_loss": loss.item(), "mse": (u - u_tgt).detach().pow(2).mean().item()}
         return HeadLoss(loss, logs, list(features) if return_features else [])
-
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
-               generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
-        return self.clip(average_velocity_sample(DerivedVelocity(net, self.cfg), noise, cond,
-                                                 steps or self.cfg.sample_steps))
-
 
 register_head(HeadSpec("splitmeanflow", SplitMeanFlowConfig, SplitMeanFlowHead,
                        two_times=True, time_scale=1000.0, label="SplitMeanFlow 1-NFE"))

@@ -60,6 +60,17 @@ def test_report_reads_rows_written_before_the_kind_field_as_policy_rows():
     assert reach == "| metaworld/reach | easy | 95 | 75 ± 25 (2) |"
 
 
+def test_report_columns_put_plain_heads_in_registry_order_then_variants_alphabetically():
+    heads = ["mf-z", "dp3", "mf-a", "meanflow"]
+    header = [line for line in render_markdown([_row("metaworld/reach", h, 0, 0.5) for h in heads]).splitlines()
+              if line.startswith("| task")][0]
+    again = [line for line in render_markdown([_row("metaworld/reach", h, 0, 0.5) for h in reversed(heads)])
+             .splitlines() if line.startswith("| task")][0]
+    assert header == again
+    order = [header.index(h) for h in ("| MeanFlow 1-NFE |", "| DP3 DDIM-10 |", "| mf-a |", "| mf-z |")]
+    assert order == sorted(order)
+
+
 @pytest.mark.slow
 def test_suite_killed_mid_run_resumes_without_redoing_or_losing_jobs(reach_demos, tmp_path):
     data_dir = tmp_path / "data"

@@ -42,12 +42,13 @@ def _budget_label(b: dict) -> str:
 
 
 def _columns(rows: list[dict]) -> list[tuple[str, str]]:
-    """(head, budget label) per column, heads in the usual order."""
+    """(head, budget label) per column: by budget, then the registry's head order, variant labels after the
+    plain heads in alphabetical order (so the table reads the same whatever the hash seed)."""
     from mfp.policies.heads import head_names
 
     order = list(head_names())
     cols = {(r["head"], _budget_label(r["budget"])) for r in rows if row_kind(r) == "policy"}
-    return sorted(cols, key=lambda c: (c[1], order.index(c[0]) if c[0] in order else 99))
+    return sorted(cols, key=lambda c: (c[1], order.index(c[0]) if c[0] in order else len(order), c[0]))
 
 
 def _task_order(rows: list[dict]) -> list[str]:
