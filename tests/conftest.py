@@ -1,5 +1,7 @@
 import os
+import sys
 
+sys.path.insert(0, os.path.dirname(__file__))  # tests/procs.py: child processes shared by the node tests
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 

@@ -14,17 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import xmlrpc.client
 from pathlib import Path
 
 import pytest
+from procs import WAIT_S, BusyCores, Node, kill_all, mfp_command
 
 from mfp.demos.store import DemoStore
 
 TASK = "metaworld/drawer-open"
-WAIT_S = 300   # the most any wait here may take before the test fails (a node that never gets ready)
 
 
 def _ros_missing() -> str:
@@ -74,76 +73,16 @@ def ros_env(tmp_path_factory):
     core.wait(timeout=60)
 
 
-class Node:
-    """A child process whose output lines a thread collects, so that a test can wait for a line (an event)."""
-
-    def __init__(self, cmd, env, stdin=False):
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, start_new_session=True)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._cond:
-            return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = WAIT_S) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not any(text in line for line in self.lines):
-                left = deadline - time.monotonic()
-                assert not self._eof, f"{text!r} never came, the process ended:\n{''.join(self.lines)[-3000:]}"
-                assert left > 0, f"{text!r} did not come within {timeout} s:\n{''.join(self.lines)[-3000:]}"
-                self._cond.wait(left)
-
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def finish(self, timeout: float = WAIT_S) -> tuple[int, str]:
-        self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=30)
-        return self.proc.returncode, self.output
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-def _kill(*nodes) -> None:
-    """Kill every node that was started (None: not started yet) and is still running."""
-    for node in nodes:
-        if node is not None:
-            node.kill()
-
-
-def _mfp(*args) -> list[str]:
-    return [sys.executable, "-m", "mfp.eval.cli", *map(str, args)]
-
-
 def _sim(tmp_path, env, rate=20, max_steps=200) -> tuple[Node, Path]:
     result = tmp_path / "sim.json"
-    return Node(_mfp("ros-sim", "--task", TASK, "--rate", rate, "--publish-full-state", "--max-steps", max_steps,
-                     "--result", result, "--timeout", WAIT_S), env), result
+    return Node(mfp_command("ros-sim", "--task", TASK, "--rate", rate, "--publish-full-state", "--max-steps",
+                            max_steps, "--result", result, "--timeout", WAIT_S), env), result
 
 
 def _control(tmp_path, env, rate=20, warmup=1) -> Node:
-    return Node(_mfp("control", "--robot", "ros", "--expert", "--task", TASK, "--rate", rate, "--warmup", warmup,
-                     "--stale-stop", "1.5", "--record", tmp_path / "run.zarr", "--out", tmp_path / "run.json"), env)
+    return Node(mfp_command("control", "--robot", "ros", "--expert", "--task", TASK, "--rate", rate, "--warmup",
+                            warmup, "--stale-stop", "1.5", "--record", tmp_path / "run.zarr", "--out",
+                            tmp_path / "run.json"), env)
 
 
 # An e-stop button: a node with a latched publisher on the e-stop topic. It says "ready" once registered, publishes
@@ -177,20 +116,6 @@ def _master_subscribers(env, topic: str) -> list[str]:
     code, _, (_, subscribers, _) = xmlrpc.client.ServerProxy(env["ROS_MASTER_URI"]).getSystemState("/test")
     assert code == 1
     return next((nodes for t, nodes in subscribers if t == topic), [])
-
-
-class BusyCores:
-    """One busy-looping process per core this process may use: a saturated CPU, killed on exit."""
-
-    def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                      for _ in range(len(os.sched_getaffinity(0)))]
-        return self
-
-    def __exit__(self, *exc):
-        for p in self.procs:
-            p.kill()
-            p.wait()
 
 
 def _reports(tmp_path) -> tuple[dict, dict]:
@@ -261,7 +186,7 @@ def test_estop_topic_stops_the_policy_and_the_robot(tmp_path, ros_env):
         rc_ctl, ctl_out = ctl.finish()
         rc_sim, sim_out = sim.finish()
     finally:
-        _kill(sim, button, ctl)
+        kill_all(sim, button, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] >= 1 and summary["trailing_holds"] >= 20
     assert DemoStore.open(tmp_path / "run.zarr").attrs["control_runs"][0]["stop_reason"] == "e_stop"
@@ -284,7 +209,7 @@ def test_estop_during_the_policy_warm_up_stops_both_nodes(tmp_path, ros_env, bus
             rc_ctl, ctl_out = ctl.finish()
             rc_sim, sim_out = sim.finish()
         finally:
-            _kill(sim, ctl)
+            kill_all(sim, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     (event,) = [e for e in report["events"] if e["kind"] == "e_stop"]
     assert report["steps"] == 0 and "during the warm-up" in event["detail"], report
@@ -308,7 +233,7 @@ def test_estop_before_the_robot_is_up_reaches_a_controller_started_later(tmp_pat
         rc_ctl, ctl_out = ctl.finish()
         rc_sim, sim_out = sim.finish()
     finally:
-        _kill(sim, button, ctl)
+        kill_all(sim, button, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0
 
