@@ -45,7 +45,7 @@ def test_robot_and_head_choices_come_from_their_registries():
     from mfp.policies.heads import head_names
 
     choices = {name: {a.dest: a.choices for a in sub._actions} for name, sub in _subcommands(build_parser())}
-    assert tuple(choices["control"]["robot"]) == tuple(ROBOTS) == ("sim", "ros")
+    assert tuple(choices["control"]["robot"]) == tuple(ROBOTS) == ("sim", "ros", "ros2")
     assert tuple(choices["train"]["head"]) == head_names()
-    with pytest.raises(ValueError, match="unknown robot 'ros3': choose sim or ros"):
+    with pytest.raises(ValueError, match="unknown robot 'ros3': choose sim or ros or ros2"):
         make_robot("ros3", RobotRequest(task=None, rate_hz=10.0, seed=0, point_cloud=None))

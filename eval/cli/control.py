@@ -39,7 +39,8 @@ def control_parser(sub) -> None:
                         "simulator's privileged state, over ROS from the full_state topic)")
     p.add_argument("--task", default=None, help="task (default: the checkpoint's)")
     p.add_argument("--robot", choices=robot_names(), default="sim",
-                   help="sim: a MuJoCo task stepping in real time in this process; ros: topics (see --ros-config)")
+                   help="sim: a MuJoCo task stepping in real time in this process; ros / ros2: ROS 1 / ROS 2 "
+                        "topics (see --ros-config)")
     p.add_argument("--rate", type=float, default=10.0, help="policy loop rate in Hz, 10-30 typical (default: 10)")
     p.add_argument("--episodes", type=int, default=1, help="episodes to run (default: 1)")
     p.add_argument("--seed", type=int, default=EVAL_SEED_START,
@@ -79,7 +80,7 @@ def _control_run(args) -> int:
                    Output("--record", args.record, FOLDER, "zarr dataset"),
                    Output("--picture", args.picture, FILE, "point-cloud picture")])
     topics = None
-    if args.robot == "ros":
+    if args.robot in ("ros", "ros2"):
         from mfp.eval.robots.ros_topics import RosTopics
 
         topics = RosTopics.from_yaml(args.ros_config) if args.ros_config else RosTopics()

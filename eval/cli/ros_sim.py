@@ -12,8 +12,11 @@ def ros_sim_parser(sub) -> None:
         description="A ROS node that runs a MuJoCo task in real time: publishes its point cloud (PointCloud2, base "
                     "frame) and state (JointState), executes actions received as JointState at their header "
                     "stamps, holds on /hold or when actions stop coming, stops on the e-stop topic. Writes a JSON "
-                    "summary when the episode ends. Needs a running roscore (ROS_MASTER_URI).")
+                    "summary when the episode ends. ROS 1 needs a running roscore (ROS_MASTER_URI); ROS 2 talks "
+                    "DDS in the domain of the config's domain_id or $ROS_DOMAIN_ID.")
     p.add_argument("--task", required=True, help="task, e.g. metaworld/reach")
+    p.add_argument("--ros", type=int, choices=(1, 2), default=1,
+                   help="ROS 1 (rospy, for --robot ros) or ROS 2 (DDS, for --robot ros2) (default: 1)")
     p.add_argument("--rate", type=float, default=10.0, help="robot step rate in Hz (default: 10)")
     p.add_argument("--seed", type=int, default=EVAL_SEED_START, help=f"episode seed (default: {EVAL_SEED_START})")
     p.add_argument("--ros-config", default=None, help="YAML of topic names (see eval/ros_topics.py)")
@@ -30,8 +33,12 @@ def _ros_sim_run(args) -> int:
     from .output_paths import Output, check_outputs
 
     check_outputs([Output("--result", args.result, what="episode summary JSON")])
-    from mfp.eval.robots.ros_sim_node import serve_sim
     from mfp.eval.robots.ros_topics import RosTopics
+
+    if args.ros == 2:
+        from mfp.eval.robots.ros2_sim_node import serve_sim
+    else:
+        from mfp.eval.robots.ros_sim_node import serve_sim
 
     topics = RosTopics.from_yaml(args.ros_config) if args.ros_config else RosTopics()
     if args.publish_full_state:

@@ -64,7 +64,7 @@ def control(ckpt=None, expert_task: str | None = None, task: str | None = None, 
                 break
             bot = make_robot(robot, RobotRequest(task, control_cfg.rate_hz, seed + i, point_cloud,
                                                  expert=expert_task is not None, topics=topics, agent_dim=agent_dim,
-                                                 action_dim=action_dim, estop=estop))
+                                                 action_dim=action_dim, estop=estop, record=record))
             try:
                 recorder = None
                 if record:

@@ -4,10 +4,13 @@
     base.py           the interface: observe() -> TimedObservation, send(action, at), hold(), close(), ...
     sim.py            SimRobot: a MuJoCo task stepping in real time in its own thread
     ros.py            RosRobot: a ROS 1 robot reached through topics (rospy)
+    ros2.py           Ros2Robot: a ROS 2 robot reached through topics (plain DDS, ros2_dds.py; no rclpy)
+    ros_inputs.py     RosInputs: ROS messages (either version) -> the policy's observation, bad ones counted
     ros_topics.py     RosTopics: topic names and camera calibration of the ROS adapters (YAML)
-    ros_sim_node.py   `mfp ros-sim`: a SimRobot served over ROS topics (the other side of RosRobot)
+    sim_node.py       `mfp ros-sim`: a SimRobot served over a middleware (the other side of RosRobot / Ros2Robot),
+                      with ros_sim_node.py (ROS 1) and ros2_sim_node.py (ROS 2)
 
-Adding a robot (e.g. a ROS 2 adapter) is one file and one line: a module with a Robot subclass and a
+Adding a robot is one file and one line: a module with a Robot subclass and a
 `build(request: RobotRequest) -> Robot` function, and its entry in ROBOTS below. `--robot`'s choices come from
 ROBOTS. Modules are imported only when their robot is built, so a missing rospy breaks only `--robot ros`.
 """
@@ -22,6 +25,7 @@ from typing import Any
 ROBOTS: dict[str, str] = {
     "sim": "mfp.eval.robots.sim",
     "ros": "mfp.eval.robots.ros",
+    "ros2": "mfp.eval.robots.ros2",
 }
 
 
@@ -38,6 +42,7 @@ class RobotRequest:
     agent_dim: int | None = None
     action_dim: int | None = None
     estop: Any = None                # the loop's EStop (a robot may also publish it)
+    record: str | None = None        # `--record`'s store: a robot may record its own traffic beside it (ROS 2: MCAP)
 
 
 def robot_names() -> tuple[str, ...]:

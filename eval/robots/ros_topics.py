@@ -14,6 +14,7 @@ Read from YAML with yaml.safe_load (no code runs from a config). Example (every 
     full_state: null                 # std_msgs/Float64MultiArray: a simulator's privileged state, for scripted
                                      # experts in tests only (a policy never sees it)
     base_frame: base                 # frame_id expected on clouds already in the base frame
+    domain_id: null                  # ROS 2 only: the DDS domain; null: $ROS_DOMAIN_ID, else 0
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RosTopics:
     estop: str = "/mfp/estop"
     full_state: str | None = None
     base_frame: str = "base"
+    domain_id: int | None = None
 
     # Where a simulated robot publishes its privileged state when a scripted expert drives it (unless set).
     SIM_FULL_STATE: ClassVar[str] = "/mfp/sim/full_state"
@@ -57,9 +59,12 @@ class RosTopics:
             m = np.asarray(self.camera_to_base, dtype=np.float64)
             if m.shape != (4, 4) or not np.isfinite(m).all() or not np.allclose(m[3], [0, 0, 0, 1]):
                 raise ValueError(f"ROS topics: camera_to_base must be a 4x4 homogeneous pose, got {self.camera_to_base}")
+        if self.domain_id is not None and (isinstance(self.domain_id, bool) or not isinstance(self.domain_id, int)
+                                           or not 0 <= self.domain_id <= 232):
+            raise ValueError(f"ROS topics: domain_id must be an integer in 0..232, got {self.domain_id!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name not in ("camera_to_base",) and v is not None and not (isinstance(v, str) and v):
+            if f.name not in ("camera_to_base", "domain_id") and v is not None and not (isinstance(v, str) and v):
                 raise ValueError(f"ROS topics: {f.name} must be a non-empty string, got {v!r}")
 
     @classmethod
