@@ -2,9 +2,10 @@
 
 A ROS 2 node on the Cyclone DDS middleware (rmw_cyclonedds_cpp) carries `pkg/msg/Type` as the DDS type
 `pkg::msg::dds_::Type_`, serialized as plain (XCDR1) CDR in the field order of the .msg definition; each class
-here is that layout (uint8[] as sequence<uint8>, read and written as bytes; fixed arrays as `types.array`). The field names are ROS 2's, so the
-decoding in ros_msgs.py (shared with `mfp import-bag`, which reads the same messages from MCAP files and ROS 2
-bags) and the point-cloud code in ros_clouds.py read these objects as they are: there is nothing to convert.
+here is that layout (uint8[] as sequence<uint8>, read and written as bytes; fixed arrays as `array`). The
+field names are ROS 2's, so the decoding in ros_msgs.py (shared with `mfp import-bag`, which reads the same
+messages from MCAP files and ROS 2 bags) and the point-cloud code in ros_clouds.py read these objects as they
+are: there is nothing to convert.
 
 `msg_definition(cls)` writes the .msg text of a type with its dependencies (the `ros2msg` schema of an MCAP
 file), so what a live run saw can be recorded in the ROS 2 bag format and read back by `mfp import-bag`.

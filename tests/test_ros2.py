@@ -144,6 +144,7 @@ def test_messages_have_the_ros2_names_and_wire_layout():
         assert raw[:4] == b"\x00\x01\x00\x00", name   # CDR, little-endian: what ROS 2 writes
         theirs = store.deserialize_cdr(raw, name)
         _assert_same(sample, theirs, name)
+        assert bytes(store.serialize_cdr(theirs, name)) == raw, name   # byte for byte
         assert type(sample).deserialize(bytes(store.serialize_cdr(theirs, name))) == sample, name
     from mfp.demos.ros_msgs import stamp_seconds
 
@@ -186,6 +187,18 @@ def test_topic_names_and_domain_id(monkeypatch):
     with pytest.raises(ValueError, match="domain_id"):
         RosTopics(domain_id=300)
     assert RosTopics(domain_id=5).domain_id == 5
+
+
+def _until(robot, condition, write, what: str) -> None:
+    """Write (again: best effort may lose a sample) until `condition` holds (the robot's thread made it so),
+    failing after 60 s."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: never happened; rejected {robot.rejected}"
+        write()
+        t_wait = time.monotonic() + 1.0
+        while not condition() and time.monotonic() < t_wait:
+            time.sleep(0.01)   # polling what the robot's thread sets
 
 
 # --- malformed messages --------------------------------------------------------------------------------------
@@ -231,18 +244,8 @@ def test_malformed_ros2_messages_are_dropped_and_counted(domain):
             return m.JointState(header=m.Header(m.to_stamp(t)), name=[f"q{i}" for i in range(len(position))],
                                 position=position)
 
-        def until(condition, write, what):
-            """Write (again, best effort may lose a sample) until `condition` holds."""
-            deadline = time.monotonic() + 60
-            while not condition():
-                assert time.monotonic() < deadline, f"{what}: never happened; rejected {robot.rejected}"
-                write()
-                t_wait = time.monotonic() + 1.0
-                while not condition() and time.monotonic() < t_wait:
-                    time.sleep(0.01)   # polling a counter the robot's thread moves
-
         t_good = time.time()
-        until(lambda: robot.observe() is not None,
+        _until(robot, lambda: robot.observe() is not None,
               lambda: (pub_cloud.write(cloud(t_good)), pub_state.write(state(t_good, [0.1] * 9))), "first observation")
         good = robot.observe()
 
@@ -257,15 +260,15 @@ def test_malformed_ros2_messages_are_dropped_and_counted(domain):
             "oversized": cloud(t_good + 5, height=MAX_POINTS, width=2, data=b""),
         }
         for i, (what, msg) in enumerate(bad_clouds.items(), start=1):
-            until(lambda: rejected(topics.cloud) >= i, lambda: pub_cloud.write(msg), what)
+            _until(robot, lambda: rejected(topics.cloud) >= i, lambda: pub_cloud.write(msg), what)
         bad_states = [state(t_good + 1, [float("nan")] * 9), state(t_good + 2, [0.1] * 5)]
         for i, msg in enumerate(bad_states, start=1):
-            until(lambda: rejected(topics.state) >= i, lambda: pub_state.write(msg), f"bad state {i}")
+            _until(robot, lambda: rejected(topics.state) >= i, lambda: pub_state.write(msg), f"bad state {i}")
         # a peer whose JointState has another layout is never matched: DDS compares the type information (a
         # writer from the same participant, created after it, is matched with the robot's reader)
         other = peer.writer(topics.state, OtherJointState, SENSOR_QOS)
         probe = peer.writer(topics.cloud, m.PointCloud2, SENSOR_QOS)
-        until(lambda: len(probe.get_matched_subscriptions()) >= 1, lambda: None, "the probe writer matched")
+        _until(robot, lambda: len(probe.get_matched_subscriptions()) >= 1, lambda: None, "the probe writer matched")
         assert other.get_matched_subscriptions() == []
         other.write(OtherJointState(position=[float("nan")] * 3))   # goes nowhere
         assert rejected(topics.cloud) == len(bad_clouds) and rejected(topics.state) == 2, robot.rejected
@@ -273,12 +276,60 @@ def test_malformed_ros2_messages_are_dropped_and_counted(domain):
         assert still.t_cloud == good.t_cloud and still.t_state == good.t_state   # the last good one stays
         np.testing.assert_array_equal(still.point_cloud, good.point_cloud)
         t_new = time.time()
-        until(lambda: robot.observe().t_cloud == pytest.approx(t_new, abs=1e-6),
+        _until(robot, lambda: robot.observe().t_cloud == pytest.approx(t_new, abs=1e-6),
               lambda: pub_cloud.write(cloud(t_new)), "a good cloud after the bad ones")
         assert robot.describe()["rejected_messages"] == robot.rejected
     finally:
         camera.close()
         peer.close()
+        robot.close()
+
+
+def test_depth_image_and_camera_info_become_the_policy_cloud(domain):
+    """Image (16UC1, millimetres) + CameraInfo over real DDS -> the one point-cloud code -> a cloud in the crop
+    box, in the base frame given by camera_to_base; an image whose size disagrees with its CameraInfo is
+    dropped and counted."""
+    from mfp.demos import ros2_types as m
+    from mfp.envs import default_pc_config
+    from mfp.eval.robots.ros2 import Ros2Robot
+    from mfp.eval.robots.ros2_dds import SENSOR_QOS, DdsNode
+    from mfp.eval.robots.ros_topics import RosTopics
+
+    pc = default_pc_config(TASK)
+    # a camera 1 m above (0, 0.65, 0) looking straight down (OpenCV axes: x right, y down, z forward)
+    pose = [[1, 0, 0, 0], [0, -1, 0, 0.65], [0, 0, -1, 1.0], [0, 0, 0, 1]]
+    topics = RosTopics(cloud=None, depth="/cam/depth", camera_info="/cam/info", camera_to_base=pose,
+                       domain_id=domain)
+    robot = Ros2Robot(topics, pc, agent_dim=9, action_dim=4, node_name="test_robot")
+    camera = DdsNode(domain, "test_depth_camera")
+    try:
+        pub_info = camera.writer(topics.camera_info, m.CameraInfo, SENSOR_QOS)
+        pub_depth = camera.writer(topics.depth, m.Image, SENSOR_QOS)
+        pub_state = camera.writer(topics.state, m.JointState, SENSOR_QOS)
+        w, h = 32, 24
+        info = m.CameraInfo(header=m.Header(frame_id="cam"), height=h, width=w, distortion_model="plumb_bob",
+                            k=[100.0, 0, 16, 0, 100.0, 12, 0, 0, 1])
+
+        def image(t, width=w):
+            depth_mm = np.full((h, width), 600, "<u2")   # a floor 0.6 m away: z = 0.4 in the base frame
+            return m.Image(header=m.Header(m.to_stamp(t), "cam"), height=h, width=width, encoding="16UC1",
+                           step=2 * width, data=depth_mm.tobytes())
+
+        t = time.time()
+        _until(robot, lambda: robot.observe() is not None,
+              lambda: (pub_info.write(info), pub_depth.write(image(t)),
+                       pub_state.write(m.JointState(header=m.Header(m.to_stamp(t)), position=[0.0] * 9))),
+              "first observation")
+        obs = robot.observe()
+        assert obs.point_cloud.shape == (pc.num_points, 3) and obs.t_cloud == pytest.approx(t, abs=1e-6)
+        np.testing.assert_allclose(obs.point_cloud[:, 2], 0.4, atol=1e-3)
+        assert (np.abs(obs.point_cloud[:, 0]) <= 0.1 + 1e-3).all()
+        assert (np.abs(obs.point_cloud[:, 1] - 0.65) <= 0.075 + 1e-3).all()
+        _until(robot, lambda: robot.rejected.get(topics.depth, 0) >= 1, lambda: pub_depth.write(image(t + 1, width=30)),
+              "an image of the wrong size")
+        assert robot.observe().t_cloud == obs.t_cloud
+    finally:
+        camera.close()
         robot.close()
 
 
