@@ -9,6 +9,7 @@ of chunk blending (jerk of the commanded actions, task success).
 - ROS: the same policy behind the ROS adapter against the simulated-robot node (a second process, a real
   roscore); what ROS adds is the transport delay of the observation (cloud stamp -> arrival at the policy node)
   plus that of the action (publish -> arrival at the robot node), p50/p99.
+- ROS 2: the same through the ROS 2 adapter and `mfp ros-sim --ros 2` over DDS, in a domain of its own.
 - E-stop: trigger at a random moment mid-episode; time until the robot is told to hold (in process).
 - Load: the in-process run again with the CPU saturated by busy processes (one per core): deadlines kept, or
   holds and drops reported.
@@ -164,20 +165,44 @@ class RosMaster:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def through_ros(master: RosMaster, rate: float, steps: int) -> dict:
-    """The same loop with the robot behind ROS topics (the sim node in another process)."""
-    result = Path(master.home) / f"sim-{rate:g}.json"
-    sim = subprocess.Popen([sys.executable, "-m", "mfp.eval.cli", "ros-sim", "--task", TASK, "--rate", str(rate),
-                            "--max-steps", str(steps + 50), "--result", str(result), "--timeout",
-                            str(steps / rate + 60)], env=master.env, stdout=subprocess.DEVNULL,
+class Ros2Domain:
+    """A DDS domain of its own (ROS_DOMAIN_ID, from this process's id) for the ROS 2 runs, and a folder."""
+
+    def __enter__(self):
+        self.home = tempfile.mkdtemp(prefix="mfp-ros2-")
+        self.domain = 1 + os.getpid() % 100
+        self.env = {**os.environ, "ROS_DOMAIN_ID": str(self.domain)}
+        return self
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _ros_robot(version: int, side):
+    from mfp.envs import default_pc_config
+    from mfp.eval.robots.ros_topics import RosTopics
+
+    if version == 2:
+        from mfp.eval.robots.ros2 import Ros2Robot
+
+        return Ros2Robot(RosTopics(domain_id=side.domain), default_pc_config(TASK), agent_dim=9, action_dim=4,
+                         node_name="mfp_bench")
+    from mfp.eval.robots.ros import RosRobot
+
+    return RosRobot(RosTopics(), default_pc_config(TASK), agent_dim=9, action_dim=4, node_name="mfp_bench")
+
+
+def through_ros(side, rate: float, steps: int, version: int = 1) -> dict:
+    """The same loop with the robot behind ROS topics (the sim node in another process): ROS 1 (`side` a
+    RosMaster) or ROS 2 over DDS (`side` a Ros2Domain)."""
+    result = Path(side.home) / f"sim-ros{version}-{rate:g}.json"
+    sim = subprocess.Popen([sys.executable, "-m", "mfp.eval.cli", "ros-sim", "--ros", str(version), "--task", TASK,
+                            "--rate", str(rate), "--max-steps", str(steps + 50), "--result", str(result),
+                            "--timeout", str(steps / rate + 60)], env=side.env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        from mfp.envs import default_pc_config
-        from mfp.eval.robots.ros import RosRobot
-        from mfp.eval.robots.ros_topics import RosTopics
-
         runner = _policy_runner()
-        robot = RosRobot(RosTopics(), default_pc_config(TASK), agent_dim=9, action_dim=4, node_name="mfp_bench")
+        robot = _ros_robot(version, side)
         try:
             report = ControlLoop(runner, robot, ControlConfig(rate_hz=rate, first_obs_timeout_s=60),
                                  SafetyConfig(max_steps=steps, max_time_s=steps / rate + 30)).run()
@@ -265,12 +290,15 @@ def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_
     if threads:
         torch.set_num_threads(threads)
     loop = []
-    ros = ros and shutil.which("roscore") is not None
-    with (RosMaster() if ros else contextlib.nullcontext()) as master:
+    ros1 = ros and shutil.which("roscore") is not None
+    with (RosMaster() if ros1 else contextlib.nullcontext()) as master, \
+            (Ros2Domain() if ros else contextlib.nullcontext()) as dds:
         for rate in rates:
             loop.append({"mode": "in-process", "rate_hz": rate, **in_process(rate, steps)})
-            if ros:
+            if ros1:
                 loop.append({"mode": "ROS", "rate_hz": rate, **through_ros(master, rate, steps)})
+            if ros:
+                loop.append({"mode": "ROS 2", "rate_hz": rate, **through_ros(dds, rate, steps, version=2)})
     n_load = (os.cpu_count() or 1) if load_procs is None else load_procs
     if n_load:
         loop.append({"mode": f"loaded x{n_load}", "rate_hz": max(rates), **in_process(max(rates), steps, n_load)})

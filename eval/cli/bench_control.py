@@ -9,12 +9,13 @@ def bench_control_parser(bench) -> None:
     b = bench.add_parser(
         "control", help="control-loop timing in process and through ROS, e-stop reaction, chunk blending",
         description="Drive the real-time simulated robot with the small-preset MeanFlow policy at each rate: loop "
-                    "period error p50/p99, observation -> action latency, dropped actions; the same through ROS "
-                    "(a roscore and the simulated-robot node in other processes) with the transport delays ROS "
-                    "adds; e-stop to hold; and, given checkpoints, jerk and success with and without blending.")
+                    "period error p50/p99, observation -> action latency, dropped actions; the same through ROS 1 "
+                    "(a roscore and the simulated-robot node in other processes) and ROS 2 (DDS) with the "
+                    "transport delays each adds; e-stop to hold; and, given checkpoints, jerk and success with and "
+                    "without blending.")
     b.add_argument("--rates", default="10,30", help="comma-separated loop rates in Hz (default: 10,30)")
     b.add_argument("--steps", type=int, default=150, help="loop steps per timing run (default: 150)")
-    b.add_argument("--no-ros", action="store_true", help="skip the runs through ROS")
+    b.add_argument("--no-ros", action="store_true", help="skip the runs through ROS 1 and ROS 2")
     b.add_argument("--estop-trials", type=int, default=5, help="e-stop trials, 0 for none (default: 5)")
     b.add_argument("--blend-ckpts", default="",
                    help="comma-separated checkpoints for the blending comparison (default: none)")
