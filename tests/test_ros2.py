@@ -405,7 +405,7 @@ def _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out) -> tuple[dict, dict]:
     report, summary = _reports(tmp_path)
     assert report["stop_reason"] == "e_stop" and rc_ctl == 1, ctl_out
     assert summary["e_stopped"] and not summary["success"] and not summary["timed_out"], sim_out
-    assert "ros-sim: e-stop received" in sim_out
+    assert "ros-sim: e-stop received" in sim_out and summary["estop_received_t"] is not None
     # from the e-stop on the robot only held: at most one action already being executed when it came
     assert summary["trailing_holds"] >= summary["steps"] - summary["steps_at_estop"] - 1, summary
     return report, summary
@@ -452,6 +452,41 @@ def test_estop_before_the_controller_starts_reaches_it(tmp_path, dds_env):
         kill_all(sim, button, ctl)
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0 and report["steps"] == 0
+
+
+def test_malformed_actions_reach_the_robot_node_dropped_and_counted(tmp_path, dds_env, domain):
+    """Actions of the wrong size or with NaN, published over DDS to the simulated robot node: dropped and counted
+    in its summary, the robot never moves; an e-stop then ends its episode."""
+    from cyclonedds.util import duration
+
+    from mfp.demos import ros2_types as m
+    from mfp.eval.robots.ros2_dds import COMMAND_QOS, ESTOP_QOS, DdsNode
+    from mfp.eval.robots.ros_topics import RosTopics
+
+    topics = RosTopics()
+    sim = _sim(tmp_path, dds_env, max_steps=40)
+    node = DdsNode(domain, "test_bad_controller")
+    try:
+        pub_action = node.writer(topics.action, m.JointState, COMMAND_QOS)
+        pub_estop = node.writer(topics.estop, m.Bool, ESTOP_QOS)
+        sim.wait_for("ros-sim: publishing")   # its action reader exists
+        deadline = time.monotonic() + WAIT_S
+        while not pub_action.get_matched_subscriptions():
+            assert time.monotonic() < deadline, "the robot node's action reader never matched"
+            time.sleep(0.01)   # polling discovery
+        now = time.time()
+        for position in ([0.1, 0.2, 0.3], [float("nan")] * 4):   # 3 values for a 4-dim action; NaN
+            pub_action.write(m.JointState(header=m.Header(m.to_stamp(now)), position=position))
+        assert pub_action.wait_for_acks(duration(seconds=WAIT_S))   # both are in the robot node's reader
+        sim.wait_for("ros-sim: first action")
+        pub_estop.write(m.Bool(data=True))
+        rc, out = sim.finish()
+    finally:
+        node.close()
+        kill_all(sim)
+    summary = json.loads((tmp_path / "sim.json").read_text())
+    assert summary["rejected"] == {"action": 2} and summary["actions_received"] == 2, out
+    assert summary["commanded_steps"] == 0 and summary["e_stopped"] and rc == 0, out
 
 
 def test_missing_dds_binding_fails_in_ci_and_skips_elsewhere(monkeypatch):

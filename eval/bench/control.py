@@ -10,6 +10,7 @@ of chunk blending (jerk of the commanded actions, task success).
   roscore); what ROS adds is the transport delay of the observation (cloud stamp -> arrival at the policy node)
   plus that of the action (publish -> arrival at the robot node), p50/p99.
 - ROS 2: the same through the ROS 2 adapter and `mfp ros-sim --ros 2` over DDS, in a domain of its own.
+  Each run through ROS ends with an e-stop after its last tick: trigger -> the robot node has it and holds.
 - E-stop: trigger at a random moment mid-episode; time until the robot is told to hold (in process).
 - Load: the in-process run again with the CPU saturated by busy processes (one per core): deadlines kept, or
   holds and drops reported.
@@ -192,9 +193,34 @@ def _ros_robot(version: int, side):
     return RosRobot(RosTopics(), default_pc_config(TASK), agent_dim=9, action_dim=4, node_name="mfp_bench")
 
 
+class _EStopAfter:
+    """A robot whose e-stop is triggered right after the loop's n-th tick (each tick sends or holds once): the
+    end of a timing run through ROS."""
+
+    def __init__(self, robot, n: int, estop: EStop):
+        self.robot, self.n, self.estop, self.ticks = robot, n, estop, 0
+
+    def __getattr__(self, name):
+        return getattr(self.robot, name)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        if self.ticks == self.n:
+            self.estop.trigger("bench: end of the timing run")
+
+    def send(self, action, t_exec: float) -> None:
+        self.robot.send(action, t_exec)
+        self._tick()
+
+    def hold(self) -> None:
+        self.robot.hold()
+        self._tick()
+
+
 def through_ros(side, rate: float, steps: int, version: int = 1) -> dict:
     """The same loop with the robot behind ROS topics (the sim node in another process): ROS 1 (`side` a
-    RosMaster) or ROS 2 over DDS (`side` a Ros2Domain)."""
+    RosMaster) or ROS 2 over DDS (`side` a Ros2Domain). The run ends with an e-stop after `steps` ticks: its
+    trigger -> the robot node receiving it (and holding) is `estop_to_robot_ms`, one trial per run."""
     result = Path(side.home) / f"sim-ros{version}-{rate:g}.json"
     sim = subprocess.Popen([sys.executable, "-m", "mfp.eval.cli", "ros-sim", "--ros", str(version), "--task", TASK,
                             "--rate", str(rate), "--max-steps", str(steps + 50), "--result", str(result),
@@ -202,10 +228,12 @@ def through_ros(side, rate: float, steps: int, version: int = 1) -> dict:
                            stderr=subprocess.DEVNULL)
     try:
         runner = _policy_runner()
+        estop = EStop()
         robot = _ros_robot(version, side)
         try:
-            report = ControlLoop(runner, robot, ControlConfig(rate_hz=rate, first_obs_timeout_s=60),
-                                 SafetyConfig(max_steps=steps, max_time_s=steps / rate + 30)).run()
+            report = ControlLoop(runner, _EStopAfter(robot, steps, estop),
+                                 ControlConfig(rate_hz=rate, first_obs_timeout_s=60),
+                                 SafetyConfig(max_steps=steps + 1, max_time_s=steps / rate + 30), estop=estop).run()
             transport = list(robot.transport_ms)
         finally:
             robot.close()
@@ -217,6 +245,8 @@ def through_ros(side, rate: float, steps: int, version: int = 1) -> dict:
                    action_transport_ms_p99=sim_summary.get("action_transport_ms_p99"))
         if out["cloud_transport_ms_p50"] is not None and out["action_transport_ms_p50"] is not None:
             out["ros_added_ms_p50"] = out["cloud_transport_ms_p50"] + out["action_transport_ms_p50"]
+        received = sim_summary.get("estop_received_t")
+        out["estop_to_robot_ms"] = None if received is None or estop.t is None else 1000 * (received - estop.t)
         return out
     finally:
         if sim.poll() is None:
@@ -256,7 +286,7 @@ def blending(ckpts: list[str], rate: float, episodes: int) -> list[dict]:
 
 def format_table(result: dict) -> str:
     lines = ["mode        rate  period err p50/p99 ms  obs->action p50/p99 ms  inference p50 ms  dropped  holds  "
-             "ROS added p50 ms"]
+             "ROS added p50 ms  e-stop->robot ms"]
     for r in result["loop"]:
         def f(v):
             return "  n/a" if v is None else f"{v:5.2f}"
@@ -264,7 +294,8 @@ def format_table(result: dict) -> str:
                      f"{f(r.get('period_error_ms_p99'))}        {f(r.get('latency_ms_p50'))} / "
                      f"{f(r.get('latency_ms_p99'))}          {f(r.get('inference_ms_p50'))}       "
                      f"{r.get('dropped_actions', 'n/a'):>5}  {r.get('holds', 'n/a'):>5}  "
-                     f"{f(r.get('ros_added_ms_p50'))}{'  ' + r['skipped'] if 'skipped' in r else ''}")
+                     f"{f(r.get('ros_added_ms_p50'))}             {f(r.get('estop_to_robot_ms'))}"
+                     f"{'  ' + r['skipped'] if 'skipped' in r else ''}")
     for r in result["loop"]:
         if "rss_mb_end" in r:
             lines.append(f"soak {r['steps']} steps at {r['rate_hz']:.0f} Hz: RSS {r['rss_mb_start']:.1f} MB at start, "

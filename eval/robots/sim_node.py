@@ -19,7 +19,8 @@ Progress lines on stdout, one each, for whoever waits on the node (tests, script
 "ros-sim: publishing", "ros-sim: controller connected" (the cloud and state topics have subscribers),
 "ros-sim: first action" (received), "ros-sim: moving" (the first action executed), "ros-sim: e-stop received".
 
-When the episode ends (success or step limit) the node writes a JSON summary (success, steps, holds) and exits.
+When the episode ends (success or step limit) the node writes a JSON summary (success, steps, holds, when the
+e-stop came: `estop_received_t`, time.time()) and exits.
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ def serve_sim(transport: SimTransport, task: str, rate_hz: float = 10.0, seed: i
               max_steps: int = EPISODE_STEPS, publish_full_state: bool = False,
               start_on_first_action: bool = True) -> dict:
     estop = threading.Event()      # latched for the node's life
-    node: dict = {"robot": None}
+    node: dict = {"robot": None, "estop_received_t": None}
 
     def on_estop(data: bool) -> None:
         if not data:
             return
         if not estop.is_set():
+            node["estop_received_t"] = time.time()
             estop.set()
             say("e-stop received")
             transport.publish_estop()  # the robot's own latch: a controller that connects later stops too
@@ -143,6 +145,7 @@ def serve_sim(transport: SimTransport, task: str, rate_hz: float = 10.0, seed: i
                    "hold_steps": robot.hold_steps, "commanded_steps": robot.commanded_steps,
                    "actions_received": len(transport_ms), "trailing_holds": robot.trailing_holds,
                    "e_stopped": estop.is_set() or robot.stopped, "steps_at_estop": robot.steps_at_stop,
+                   "estop_received_t": node["estop_received_t"],
                    "rejected": rejected, "timed_out": not robot.done,
                    "action_transport_ms_p50": percentile(transport_ms, 50),
                    "action_transport_ms_p99": percentile(transport_ms, 99)}
