@@ -10,6 +10,7 @@ ROS 2's CDR that shares nothing with ours.
 Skipped (with the reason) only where the DDS binding cannot be imported; it is a dependency of the project, so
 in CI (CI set, as .ci/run does) its absence fails instead."""
 
+import contextlib
 import importlib
 import itertools
 import json
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from procs import WAIT_S, Node, kill_all, mfp_command
+from procs import WAIT_S, BusyCores, Node, kill_all, mfp_command
 
 from mfp.demos.store import DemoStore
 
@@ -430,6 +431,32 @@ def test_estop_from_a_third_process_stops_the_policy_and_the_robot(tmp_path, dds
     report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] >= 1 and summary["trailing_holds"] >= 20
     assert DemoStore.open(tmp_path / "run.zarr").attrs["control_runs"][0]["stop_reason"] == "e_stop"
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "every-core-busy"])
+def test_estop_while_the_policy_node_starts_stops_both_nodes(tmp_path, dds_env, busy):
+    """Published once by a third process while the policy node starts (its first observation on the way, or
+    warming up: an endless warm-up here), on an idle machine and with every core saturated by busy loops: the
+    policy node stops at once, the robot node before any action."""
+    with BusyCores() if busy else contextlib.nullcontext():
+        sim = _sim(tmp_path, dds_env, max_steps=40)
+        button = ctl = None
+        try:
+            sim.wait_for("ros-sim: publishing")
+            button = _estop_button(dds_env, readers=2, latched=False)
+            ctl = _control(tmp_path, dds_env, warmup=10**9)
+            sim.wait_for("ros-sim: controller connected")
+            button.send("go")
+            button.wait_for("delivered")
+            rc_ctl, ctl_out = ctl.finish()
+            rc_sim, sim_out = sim.finish()
+        finally:
+            kill_all(sim, button, ctl)
+    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
+    (event,) = [e for e in report["events"] if e["kind"] == "e_stop"]
+    assert report["steps"] == 0, report
+    assert "during the warm-up" in event["detail"] or "before the first observation" in event["detail"], event
+    assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0 and summary["actions_received"] == 0
 
 
 def test_estop_before_the_controller_starts_reaches_it(tmp_path, dds_env):
