@@ -50,7 +50,7 @@ def control_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=5, help="network calls before the clock starts (default: 5)")
     p.add_argument("--record", default=None, help="zarr dataset to record every run into (created or appended)")
     p.add_argument("--picture", default=None, help="PNG of the first cropped cloud, saved before the run")
-    p.add_argument("--ros-config", default=None, help="YAML of topic names and calibration (see eval/ros_topics.py)")
+    p.add_argument("--ros-config", default=None, help="YAML of topic names and calibration (see eval/robots/ros_topics.py)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_runtime_flag(p)
     p.add_argument("--out", default=None, help="JSON file for the run reports")

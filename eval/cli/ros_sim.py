@@ -19,7 +19,7 @@ def ros_sim_parser(sub) -> None:
                    help="ROS 1 (rospy, for --robot ros) or ROS 2 (DDS, for --robot ros2) (default: 1)")
     p.add_argument("--rate", type=float, default=10.0, help="robot step rate in Hz (default: 10)")
     p.add_argument("--seed", type=int, default=EVAL_SEED_START, help=f"episode seed (default: {EVAL_SEED_START})")
-    p.add_argument("--ros-config", default=None, help="YAML of topic names (see eval/ros_topics.py)")
+    p.add_argument("--ros-config", default=None, help="YAML of topic names (see eval/robots/ros_topics.py)")
     p.add_argument("--publish-full-state", action="store_true",
                    help="also publish the privileged simulator state (for scripted experts in tests)")
     p.add_argument("--max-steps", type=int, default=EPISODE_STEPS,
