@@ -9,8 +9,7 @@ ROS 2's ROS_DOMAIN_ID. QoS per stream, as ROS 2 names them:
     COMMAND_QOS  actions and hold: reliable, keep the last 10, volatile (ROS 2's default profile)
     ESTOP_QOS    the e-stop: reliable, transient-local, keep the last 1, so that a node that joins late still
                  gets a stop published before it existed. A transient-local reader does not match a volatile
-                 writer (`ros2 topic pub` without `--qos-durability transient_local`), so e-stop subscriptions
-                 add a volatile reader beside it (`subscribe_estop`).
+                 writer, so e-stop subscriptions add a reliable volatile reader beside it (`subscribe_estop`).
 
 Received samples are dispatched on one thread per node (a WaitSet, not DDS listener callbacks: callbacks may
 then publish). A sample that cannot be deserialized is dropped and reported to the subscription's `on_error`;
