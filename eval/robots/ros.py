@@ -18,8 +18,7 @@ import warnings
 
 import numpy as np
 
-from mfp.eval.robots.base import Robot, TimedObservation
-from mfp.eval.robots.ros_inputs import RosInputs
+from mfp.eval.robots.topic_robot import TopicRobot, request_point_cloud
 from mfp.eval.robots.ros_topics import RosTopics
 
 log = logging.getLogger("mfp.ros")
@@ -41,7 +40,7 @@ def init_node(name: str) -> None:
         rospy.init_node(name, anonymous=True, disable_signals=True)
 
 
-class RosRobot(Robot):
+class RosRobot(TopicRobot):
     def __init__(self, topics: RosTopics, point_cloud, agent_dim: int, action_dim: int, estop=None,
                  node_name: str = "mfp_policy", estop_handover_s: float = 5.0):
         rospy = import_rospy()
@@ -49,11 +48,7 @@ class RosRobot(Robot):
         from std_msgs.msg import Bool, Empty, Float64MultiArray
 
         init_node(node_name)
-        self.topics, self.pc_config = topics, point_cloud
-        self.agent_dim, self.action_dim = int(agent_dim), int(action_dim)
-        self.estop, self.estop_handover_s = estop, float(estop_handover_s)
-        self.inputs = RosInputs(topics, point_cloud, agent_dim)
-        self._stopped = False
+        super().__init__(topics, point_cloud, agent_dim, action_dim, estop, estop_handover_s)
         self._JointState, self._Empty, self._Bool = JointState, Empty, Bool
         self._pub_action = rospy.Publisher(topics.action, JointState, queue_size=10)
         self._pub_hold = rospy.Publisher(topics.hold, Empty, queue_size=10)
@@ -72,24 +67,8 @@ class RosRobot(Robot):
         if topics.full_state:
             self._subs.append(rospy.Subscriber(topics.full_state, Float64MultiArray, inputs.on_full_state,
                                                queue_size=1))
-        self._names = [f"a{i}" for i in range(self.action_dim)]
 
-    @property
-    def rejected(self) -> dict[str, int]:
-        return self.inputs.rejected
-
-    @property
-    def transport_ms(self) -> list[float]:
-        return self.inputs.transport_ms
-
-    def _on_estop(self, msg) -> None:
-        if msg.data and self.estop is not None:
-            self.estop.trigger(f"ROS topic {self.topics.estop}")
-
-    # --- the robot interface -------------------------------------------------------------------------------
-    def observe(self) -> TimedObservation | None:
-        return self.inputs.observe()
-
+    # --- the robot interface (observe: TopicRobot) ----------------------------------------------------------
     def send(self, action: np.ndarray, t_exec: float) -> None:
         if self._stopped:
             return
@@ -146,8 +125,5 @@ class RosRobot(Robot):
 def build(request) -> RosRobot:
     """`mfp control --robot ros` (robots.RobotRequest): the point-cloud settings from the checkpoint, else the
     task's defaults."""
-    from mfp.envs import PointCloudConfig, default_pc_config
-
-    pc = PointCloudConfig.from_dict(request.point_cloud) if request.point_cloud else default_pc_config(request.task)
-    return RosRobot(request.topics or RosTopics(), pc, agent_dim=request.agent_dim, action_dim=request.action_dim,
-                    estop=request.estop)
+    return RosRobot(request.topics or RosTopics(), request_point_cloud(request), agent_dim=request.agent_dim,
+                    action_dim=request.action_dim, estop=request.estop)

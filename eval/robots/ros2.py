@@ -21,22 +21,19 @@ from __future__ import annotations
 import numpy as np
 
 from mfp.demos import ros2_types as msgs
-from mfp.eval.robots.base import Robot, TimedObservation
 from mfp.eval.robots.ros2_bag import McapRecorder, bag_path
 from mfp.eval.robots.ros2_dds import COMMAND_QOS, ESTOP_QOS, SENSOR_QOS, DdsNode, domain_id
-from mfp.eval.robots.ros_inputs import RosInputs
 from mfp.eval.robots.ros_topics import RosTopics
+from mfp.eval.robots.topic_robot import TopicRobot, request_point_cloud
 
 
-class Ros2Robot(Robot):
+class Ros2Robot(TopicRobot):
+    middleware = "ROS 2"
+
     def __init__(self, topics: RosTopics, point_cloud, agent_dim: int, action_dim: int, estop=None,
                  node_name: str = "mfp_policy", estop_handover_s: float = 5.0, bag=None):
-        self.topics, self.pc_config, self.bag = topics, point_cloud, bag
-        self.agent_dim, self.action_dim = int(agent_dim), int(action_dim)
-        self.estop, self.estop_handover_s = estop, float(estop_handover_s)
-        self.inputs = RosInputs(topics, point_cloud, agent_dim)
-        self._stopped = False
-        self._names = [f"a{i}" for i in range(self.action_dim)]
+        super().__init__(topics, point_cloud, agent_dim, action_dim, estop, estop_handover_s)
+        self.bag = bag
         self.node = DdsNode(domain_id(topics.domain_id), node_name)
         try:
             self._pub_action = self.node.writer(topics.action, msgs.JointState, COMMAND_QOS)
@@ -74,22 +71,7 @@ class Ros2Robot(Robot):
         if self.bag is not None:
             self.bag.write(topic, msg)
 
-    @property
-    def rejected(self) -> dict[str, int]:
-        return self.inputs.rejected
-
-    @property
-    def transport_ms(self) -> list[float]:
-        return self.inputs.transport_ms
-
-    def _on_estop(self, msg) -> None:
-        if msg.data and self.estop is not None:
-            self.estop.trigger(f"ROS 2 topic {self.topics.estop}")
-
-    # --- the robot interface -------------------------------------------------------------------------------
-    def observe(self) -> TimedObservation | None:
-        return self.inputs.observe()
-
+    # --- the robot interface (observe: TopicRobot) ----------------------------------------------------------
     def send(self, action: np.ndarray, t_exec: float) -> None:
         if self._stopped:
             return
@@ -122,9 +104,7 @@ class Ros2Robot(Robot):
 def build(request) -> Ros2Robot:
     """`mfp control --robot ros2` (robots.RobotRequest): the point-cloud settings from the checkpoint, else the
     task's defaults; with --record, the episode's ROS 2 messages also go to an MCAP file beside the store."""
-    from mfp.envs import PointCloudConfig, default_pc_config
-
-    pc = PointCloudConfig.from_dict(request.point_cloud) if request.point_cloud else default_pc_config(request.task)
+    pc = request_point_cloud(request)
     bag = McapRecorder(bag_path(request.record, request.seed)) if request.record else None
     try:
         return Ros2Robot(request.topics or RosTopics(), pc, agent_dim=request.agent_dim,
