@@ -288,14 +288,18 @@ def sha256(path: Path) -> str:
 def test_disk_full_while_writing_a_checkpoint(store_path, reference, tmp_path):
     run = tmp_path / "run"
     last = run / "last.safetensors"
-    cmd = mfp("train", "--data", store_path, "--out", run, "--ckpt-every", 4, *TRAIN_FLAGS)
-    # A run stopped with Ctrl-C after its first checkpoint: the disk fills up while it is stopped.
+    cmd = mfp("train", "--data", store_path, "--out", run, "--ckpt-every", 1, *TRAIN_FLAGS)
+    # A run stopped with Ctrl-C after its first checkpoint: the disk fills up while it is stopped. The run is
+    # frozen (SIGSTOP) the moment its first checkpoint is seen, so Ctrl-C lands before it can train to the end
+    # however slowly this process is scheduled; a checkpoint every step keeps it from racing ahead meanwhile.
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
