@@ -16,7 +16,7 @@ import errno
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 TEMP_SUFFIX = ".partial"
@@ -57,7 +57,13 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+        while True:   # the name is ours before the file exists: an exception at any moment leaves it to remove
+            tmp = _temp_name(path)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:   # another writer's name (O_EXCL: never taken, never removed here)
+                tmp = None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -75,6 +81,13 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)  # the rename itself survives a power loss
     return path
+
+
+def _temp_name(path: Path) -> Path:
+    """A temporary file's name beside `path`: `.<name>.<16 hex>.partial`. Chosen here rather than by
+    tempfile.mkstemp, which can take a Ctrl-C between creating its file and returning the name, leaving a file no
+    one knows to remove."""
+    return path.parent / f"{temp_prefix(path)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,7 +108,8 @@ def remove_stale_temp_files(folder, targets: str) -> list[Path]:
     names that match the regular expression `targets`; returns the files removed.
 
     Only for targets with a single writer: another process's write in progress would lose its temporary file."""
-    pattern = re.compile(r"\.(?:" + targets + r")\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))  # tempfile.mkstemp's names
+    # _temp_name's names (16 hex digits), and tempfile.mkstemp's (8 characters) of files written before it
+    pattern = re.compile(r"\.(?:" + targets + r")\.(?:[0-9a-f]{16}|[a-z0-9_]{8})" + re.escape(TEMP_SUFFIX))
     removed = []
     try:
         entries = list(os.scandir(folder))

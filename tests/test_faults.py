@@ -292,7 +292,10 @@ def test_disk_full_while_writing_a_checkpoint(store_path, reference, tmp_path):
     # A run stopped with Ctrl-C after its first checkpoint: the disk fills up while it is stopped. The run is
     # frozen (SIGSTOP) the moment its first checkpoint is seen, so Ctrl-C lands before it can train to the end
     # however slowly this process is scheduled; a checkpoint every step keeps it from racing ahead meanwhile.
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell job started with `&` (nohup, a CI runner's background step) passes SIGINT on ignored, and Python then
+    # never turns Ctrl-C into KeyboardInterrupt: the child gets the default disposition back, as a terminal has it.
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -450,7 +453,8 @@ def test_failed_write_keeps_the_old_file_and_names_it(tmp_path):
     from mfp.demos.atomic import remove_stale_temp_files
     from mfp.policies.training.checkpoint import _CHECKPOINT_NAMES, write_checkpoint
 
-    stale = [".last.safetensors.ab_cd123.partial", ".step_00000007.safetensors.x1y2z3w4.partial"]
+    stale = [".last.safetensors.ab_cd123.partial", ".step_00000007.safetensors.x1y2z3w4.partial",
+             ".last.safetensors.0123456789abcdef.partial"]
     kept = [".config.json.abcdefgh.partial", ".last.safetensors.bak.abcdefgh.partial", ".0.1c2d.partial",
             "step_00000007.safetensors"]
     for n in stale + kept:
@@ -460,3 +464,39 @@ def test_failed_write_keeps_the_old_file_and_names_it(tmp_path):
     written = ["last.safetensors", "step_00000008.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + written)
     assert all((tmp_path / n).read_bytes() == b"new" for n in written)
+
+
+def test_ctrl_c_at_any_line_of_an_atomic_write_leaves_the_old_or_new_file_and_no_temporary_file(tmp_path):
+    """KeyboardInterrupt raised at the k-th executed Python line of atomic_write_bytes (its callees included:
+    the temporary name, the open, the write, the rename), for every k until the write runs to its end."""
+    from mfp.demos.atomic import atomic_write_bytes
+
+    target = tmp_path / "last.safetensors"
+    k, interrupted = 1, 0
+    while True:
+        target.write_bytes(b"old")
+        lines = 0
+
+        def interrupt_at_line_k(frame, event, arg):
+            nonlocal lines
+            if event == "line":
+                lines += 1
+                if lines == k:
+                    raise KeyboardInterrupt
+            return interrupt_at_line_k
+
+        sys.settrace(interrupt_at_line_k)
+        try:
+            atomic_write_bytes(target, b"new")
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            sys.settrace(None)
+        assert os.listdir(tmp_path) == ["last.safetensors"], f"interrupted at line {k}: {os.listdir(tmp_path)}"
+        assert target.read_bytes() in (b"old", b"new")
+        if finished:
+            break
+        interrupted += 1
+        k += 1
+    assert target.read_bytes() == b"new" and interrupted >= 10   # the interrupts did land inside the write
