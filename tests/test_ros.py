@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from pathlib import Path
 
 import pytest
+import node_scenarios as scenarios
 from procs import WAIT_S, BusyCores, Node, kill_all, mfp_command
 
 from mfp.demos.store import DemoStore
@@ -73,10 +73,9 @@ def ros_env(tmp_path_factory):
     core.wait(timeout=60)
 
 
-def _sim(tmp_path, env, rate=20, max_steps=200) -> tuple[Node, Path]:
-    result = tmp_path / "sim.json"
+def _sim(tmp_path, env, rate=20, max_steps=200) -> Node:
     return Node(mfp_command("ros-sim", "--task", TASK, "--rate", rate, "--publish-full-state", "--max-steps",
-                            max_steps, "--result", result, "--timeout", WAIT_S), env), result
+                            max_steps, "--result", tmp_path / "sim.json", "--timeout", WAIT_S), env)
 
 
 def _control(tmp_path, env, rate=20, warmup=1) -> Node:
@@ -118,78 +117,24 @@ def _master_subscribers(env, topic: str) -> list[str]:
     return next((nodes for t, nodes in subscribers if t == topic), [])
 
 
-def _reports(tmp_path) -> tuple[dict, dict]:
-    (report,) = json.loads((tmp_path / "run.json").read_text())
-    return report, json.loads((tmp_path / "sim.json").read_text())
+def _nodes(tmp_path, ros_env) -> dict:
+    """How node_scenarios starts the nodes over ROS 1."""
+    return {"start_sim": lambda max_steps=200: _sim(tmp_path, ros_env, max_steps=max_steps),
+            "start_control": lambda warmup=1: _control(tmp_path, ros_env, warmup=warmup)}
 
 
 def test_task_solved_through_ros_topics(tmp_path, ros_env):
-    sim, result = _sim(tmp_path, ros_env)
-    try:
-        sim.wait_for("ros-sim: publishing")   # the robot stands still until the controller's first action
-        ctl = _control(tmp_path, ros_env)
-        rc_ctl, ctl_out = ctl.finish()
-        rc_sim, sim_out = sim.finish()
-    finally:
-        sim.kill()
-    summary = json.loads(result.read_text())
-    assert summary["success"], (sim_out, ctl_out)
-    assert summary["rejected"] == {"action": 0} and not summary["e_stopped"]
-    (report,) = json.loads((tmp_path / "run.json").read_text())
-    assert report["steps"] >= 20 and report["stop_reason"] == "observations_lost"  # the sim node ended the episode
-    assert 20 <= summary["commanded_steps"] <= report["steps"]
-    store = DemoStore.open(tmp_path / "run.zarr")
-    assert store.n_episodes == 1 and store.read("action").shape == (report["steps"], 4)
-    assert store.attrs["topics"]["action"] == "/mfp/action"
+    scenarios.task_solved(tmp_path, **_nodes(tmp_path, ros_env))
 
 
 def test_killed_policy_process_leaves_the_robot_holding(tmp_path, ros_env):
-    sim, result = _sim(tmp_path, ros_env, max_steps=120)
-    try:
-        sim.wait_for("ros-sim: publishing")
-        ctl = _control(tmp_path, ros_env)
-        try:
-            sim.wait_for("ros-sim: first action")   # the policy is driving the robot
-        finally:
-            ctl.kill()
-        rc, out = sim.finish()
-    finally:
-        sim.kill()
-    summary = json.loads(result.read_text())
-    assert summary["steps"] == 120 and not summary["success"], out
-    assert summary["actions_received"] >= 1 and summary["commanded_steps"] >= 1, out   # actions came before the kill
-    assert summary["trailing_holds"] >= 20   # the robot held on its own once actions stopped coming
-    assert not summary["e_stopped"]
-
-
-def _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out) -> tuple[dict, dict]:
-    report, summary = _reports(tmp_path)
-    assert report["stop_reason"] == "e_stop" and rc_ctl == 1, ctl_out
-    assert summary["e_stopped"] and not summary["success"] and not summary["timed_out"], sim_out
-    assert "ros-sim: e-stop received" in sim_out
-    # from the e-stop on the robot only held: at most one action already being executed when it came
-    assert summary["trailing_holds"] >= summary["steps"] - summary["steps_at_estop"] - 1, summary
-    return report, summary
+    scenarios.killed_policy_leaves_the_robot_holding(tmp_path, **_nodes(tmp_path, ros_env))
 
 
 def test_estop_topic_stops_the_policy_and_the_robot(tmp_path, ros_env):
-    """Published once while the robot moves: both nodes stop, the robot holds from then on."""
-    sim, result = _sim(tmp_path, ros_env, max_steps=100)
-    button = ctl = None
-    try:
-        sim.wait_for("ros-sim: publishing")
-        button = _estop_button(ros_env, subscribers=2)
-        ctl = _control(tmp_path, ros_env)
-        sim.wait_for("ros-sim: moving")   # the robot executed a first action
-        button.send("go")
-        button.wait_for("delivered")
-        rc_ctl, ctl_out = ctl.finish()
-        rc_sim, sim_out = sim.finish()
-    finally:
-        kill_all(sim, button, ctl)
-    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
-    assert summary["steps_at_estop"] >= 1 and summary["trailing_holds"] >= 20
-    assert DemoStore.open(tmp_path / "run.zarr").attrs["control_runs"][0]["stop_reason"] == "e_stop"
+    """Published once (latched) while the robot moves: both nodes stop, the robot holds from then on."""
+    scenarios.estop_while_moving_stops_both(tmp_path, **_nodes(tmp_path, ros_env),
+                                            e_stop_button=lambda: _estop_button(ros_env, subscribers=2))
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "every-core-busy"])
@@ -197,7 +142,7 @@ def test_estop_during_the_policy_warm_up_stops_both_nodes(tmp_path, ros_env, bus
     """`rostopic pub -1` while the policy warms up (an endless warm-up here), on an idle machine and with every
     core saturated by busy loops: the policy node stops at once, the robot node latches it before any action."""
     with BusyCores() if busy else contextlib.nullcontext():
-        sim, result = _sim(tmp_path, ros_env, max_steps=40)
+        sim = _sim(tmp_path, ros_env, max_steps=40)
         ctl = None
         try:
             sim.wait_for("ros-sim: publishing")
@@ -210,7 +155,7 @@ def test_estop_during_the_policy_warm_up_stops_both_nodes(tmp_path, ros_env, bus
             rc_sim, sim_out = sim.finish()
         finally:
             kill_all(sim, ctl)
-    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
+    report, summary = scenarios.check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     (event,) = [e for e in report["events"] if e["kind"] == "e_stop"]
     assert report["steps"] == 0 and "during the warm-up" in event["detail"], report
     assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0 and summary["actions_received"] == 0
@@ -221,7 +166,7 @@ def test_estop_before_the_robot_is_up_reaches_a_controller_started_later(tmp_pat
     publisher that is gone before the policy node starts: the robot latches it and never moves, and its own
     latched e-stop stops the policy node that comes later."""
     button = _estop_button(ros_env, subscribers=1)
-    sim, result = _sim(tmp_path, ros_env, max_steps=200)
+    sim = _sim(tmp_path, ros_env, max_steps=200)
     ctl = None
     try:
         sim.wait_for("ros-sim: e-stop subscribed")
@@ -234,7 +179,7 @@ def test_estop_before_the_robot_is_up_reaches_a_controller_started_later(tmp_pat
         rc_sim, sim_out = sim.finish()
     finally:
         kill_all(sim, button, ctl)
-    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
+    report, summary = scenarios.check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0
 
 
@@ -249,7 +194,7 @@ def test_bag_recorded_with_rosbag_from_the_simulated_robot_imports_and_trains(tm
     while not all(any(n.startswith("/record") for n in _master_subscribers(ros_env, t)) for t in topics):
         assert time.monotonic() < deadline and recorder.poll() is None, "rosbag did not subscribe"
         time.sleep(0.05)
-    sim, result = _sim(tmp_path, ros_env, max_steps=60)
+    sim = _sim(tmp_path, ros_env, max_steps=60)
     try:
         sim.wait_for("ros-sim: publishing")
         ctl = _control(tmp_path, ros_env)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import node_scenarios as scenarios
 from procs import WAIT_S, BusyCores, Node, kill_all, mfp_command
 
 from mfp.demos.store import DemoStore
@@ -69,11 +70,6 @@ def _control(tmp_path, env, rate=20, warmup=1) -> Node:
     return Node(mfp_command("control", "--robot", "ros2", "--expert", "--task", TASK, "--rate", rate, "--warmup",
                             warmup, "--stale-stop", "1.5", "--record", tmp_path / "run.zarr", "--out",
                             tmp_path / "run.json"), env)
-
-
-def _reports(tmp_path) -> tuple[dict, dict]:
-    (report,) = json.loads((tmp_path / "run.json").read_text())
-    return report, json.loads((tmp_path / "sim.json").read_text())
 
 
 # An e-stop button written against the DDS binding alone (as any ROS 2 node would see the topic): a std_msgs/Bool
@@ -335,24 +331,15 @@ def test_depth_image_and_camera_info_become_the_policy_cloud(domain):
 
 
 # --- two processes over ROS 2 --------------------------------------------------------------------------------
+def _nodes(tmp_path, dds_env) -> dict:
+    """How node_scenarios starts the nodes and presses an e-stop over ROS 2."""
+    return {"start_sim": lambda max_steps=200: _sim(tmp_path, dds_env, max_steps=max_steps),
+            "start_control": lambda warmup=1: _control(tmp_path, dds_env, warmup=warmup)}
+
+
 def test_task_solved_through_ros2_topics_recorded_as_mcap_that_imports_and_trains(tmp_path, dds_env):
-    sim = _sim(tmp_path, dds_env)
-    ctl = None
-    try:
-        sim.wait_for("ros-sim: publishing")   # the robot stands still until the controller's first action
-        ctl = _control(tmp_path, dds_env)
-        rc_ctl, ctl_out = ctl.finish()
-        rc_sim, sim_out = sim.finish()
-    finally:
-        kill_all(sim, ctl)
-    report, summary = _reports(tmp_path)
-    assert summary["success"], (sim_out, ctl_out)
-    assert summary["rejected"] == {"action": 0} and not summary["e_stopped"]
-    assert report["steps"] >= 20 and report["stop_reason"] == "observations_lost"  # the sim node ended the episode
-    assert 20 <= summary["commanded_steps"] <= report["steps"]
-    store = DemoStore.open(tmp_path / "run.zarr")
-    assert store.n_episodes == 1 and store.read("action").shape == (report["steps"], 4)
-    assert store.attrs["robot"] == "ros2" and store.attrs["topics"]["action"] == "/mfp/action"
+    report, summary, store = scenarios.task_solved(tmp_path, **_nodes(tmp_path, dds_env))
+    assert store.attrs["robot"] == "ros2"
     assert store.attrs["domain_id"] == int(dds_env["ROS_DOMAIN_ID"]) and store.attrs["rejected_messages"] == {}
     _recorded_mcap_imports_and_trains(tmp_path, report)
 
@@ -385,52 +372,14 @@ def _recorded_mcap_imports_and_trains(tmp_path, report) -> None:
 
 
 def test_killed_policy_process_leaves_the_robot_holding(tmp_path, dds_env):
-    sim = _sim(tmp_path, dds_env, max_steps=120)
-    ctl = None
-    try:
-        sim.wait_for("ros-sim: publishing")
-        ctl = _control(tmp_path, dds_env)
-        sim.wait_for("ros-sim: first action")   # the policy is driving the robot
-        ctl.kill()                                # kill -9
-        rc, out = sim.finish()
-    finally:
-        kill_all(sim, ctl)
-    summary = json.loads((tmp_path / "sim.json").read_text())
-    assert summary["steps"] == 120 and not summary["success"], out
-    assert summary["actions_received"] >= 1 and summary["commanded_steps"] >= 1, out   # actions came before the kill
-    assert summary["trailing_holds"] >= 20   # the robot held on its own once actions stopped coming
-    assert not summary["e_stopped"]
-
-
-def _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out) -> tuple[dict, dict]:
-    report, summary = _reports(tmp_path)
-    assert report["stop_reason"] == "e_stop" and rc_ctl == 1, ctl_out
-    assert summary["e_stopped"] and not summary["success"] and not summary["timed_out"], sim_out
-    assert "ros-sim: e-stop received" in sim_out and summary["estop_received_t"] is not None
-    # from the e-stop on the robot only held: at most one action already being executed when it came
-    assert summary["trailing_holds"] >= summary["steps"] - summary["steps_at_estop"] - 1, summary
-    return report, summary
+    scenarios.killed_policy_leaves_the_robot_holding(tmp_path, **_nodes(tmp_path, dds_env))
 
 
 def test_estop_from_a_third_process_stops_the_policy_and_the_robot(tmp_path, dds_env):
     """Published once, volatile (as `ros2 topic pub` does), while the robot moves: both nodes stop, the robot
     holds from then on."""
-    sim = _sim(tmp_path, dds_env, max_steps=100)
-    button = ctl = None
-    try:
-        sim.wait_for("ros-sim: publishing")
-        button = _estop_button(dds_env, readers=2, latched=False)   # one volatile e-stop reader per node
-        ctl = _control(tmp_path, dds_env)
-        sim.wait_for("ros-sim: moving")   # the robot executed a first action
-        button.send("go")
-        button.wait_for("delivered")
-        rc_ctl, ctl_out = ctl.finish()
-        rc_sim, sim_out = sim.finish()
-    finally:
-        kill_all(sim, button, ctl)
-    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
-    assert summary["steps_at_estop"] >= 1 and summary["trailing_holds"] >= 20
-    assert DemoStore.open(tmp_path / "run.zarr").attrs["control_runs"][0]["stop_reason"] == "e_stop"
+    scenarios.estop_while_moving_stops_both(   # one volatile e-stop reader per node
+        tmp_path, **_nodes(tmp_path, dds_env), e_stop_button=lambda: _estop_button(dds_env, readers=2, latched=False))
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "every-core-busy"])
@@ -452,7 +401,7 @@ def test_estop_while_the_policy_node_starts_stops_both_nodes(tmp_path, dds_env, 
             rc_sim, sim_out = sim.finish()
         finally:
             kill_all(sim, button, ctl)
-    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
+    report, summary = scenarios.check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     (event,) = [e for e in report["events"] if e["kind"] == "e_stop"]
     assert report["steps"] == 0, report
     assert "during the warm-up" in event["detail"] or "before the first observation" in event["detail"], event
@@ -477,7 +426,7 @@ def test_estop_before_the_controller_starts_reaches_it(tmp_path, dds_env):
         rc_sim, sim_out = sim.finish()
     finally:
         kill_all(sim, button, ctl)
-    report, summary = _check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
+    report, summary = scenarios.check_estopped(tmp_path, rc_ctl, ctl_out, sim_out)
     assert summary["steps_at_estop"] == 0 and summary["commanded_steps"] == 0 and report["steps"] == 0
 
 
