@@ -6,6 +6,9 @@ config.encoder.normalize_point_cloud, else raw metres. The trainer fits the norm
 the keys in `policy.normalizer_keys` and calls `set_normalizer`; a missing key raises a KeyError naming it.
 Execution window: with horizon H and To = n_obs_steps, the executed actions are
 action_pred[:, To - 1 : To - 1 + n_action_steps], i.e. they start at the latest observation.
+Per-frame features: the condition is the To frames' features (encode_frames, each frame encoded on its own)
+concatenated in time order, so a caller that encodes every frame once, as it arrives, and keeps the last To
+(PolicyRunner) runs only the head at a chunk boundary (predict_action_from_features), with the same actions.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class PointCloudPolicy(BasePolicy):
         return keys + (("point_cloud",) if self.config.encoder.normalize_point_cloud else ())
 
     # --- observations ---------------------------------------------------------------------------------------
-    def _check_obs(self, obs: dict, n_steps: int | None) -> None:
+    def _check_frames(self, obs: dict) -> None:
+        """point_cloud (B, T, n_points, 3) and agent_pos (B, T, agent_dim) agreeing on (B, T), any T."""
         cfg = self.config
         pc, pos = obs["point_cloud"], obs["agent_pos"]
         if pc.ndim != 4 or pc.shape[-1] != 3 or pc.shape[2] != cfg.n_points:
@@ -48,20 +52,39 @@ class PointCloudPolicy(BasePolicy):
             raise ValueError(f"agent_pos must be (B, T, agent_dim={cfg.agent_dim}), got {tuple(pos.shape)}")
         if pc.shape[:2] != pos.shape[:2]:
             raise ValueError(f"point_cloud {tuple(pc.shape)} and agent_pos {tuple(pos.shape)} disagree on (B, T)")
-        if n_steps is None and pc.shape[1] < cfg.n_obs_steps:
-            raise ValueError(f"batch observations hold {pc.shape[1]} steps, fewer than n_obs_steps={cfg.n_obs_steps}")
-        if n_steps is not None and pc.shape[1] != n_steps:
-            raise ValueError(f"observations must hold n_obs_steps={n_steps} steps, got {pc.shape[1]}")
+
+    def _check_obs(self, obs: dict, n_steps: int | None) -> None:
+        """Frames as _check_frames, exactly `n_steps` of them, or at least n_obs_steps when n_steps is None."""
+        self._check_frames(obs)
+        To, T = self.config.n_obs_steps, obs["point_cloud"].shape[1]
+        if n_steps is None and T < To:
+            raise ValueError(f"batch observations hold {T} steps, fewer than n_obs_steps={To}")
+        if n_steps is not None and T != n_steps:
+            raise ValueError(f"observations must hold n_obs_steps={n_steps} steps, got {T}")
+
+    def _frame_features(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor) -> torch.Tensor:
+        """Raw point_cloud (B, T, N, 3), agent_pos (B, T, d) -> per-frame features (B, T, step_dim), unchecked.
+        Every step works on one frame alone (the normaliser is per feature, the encoder per frame), so a frame's
+        features do not depend on the frames it is batched with."""
+        dtype = next(self.parameters()).dtype
+        pc, pos = point_cloud.to(dtype), agent_pos.to(dtype)
+        if self.config.encoder.normalize_point_cloud:
+            pc = self.normalizer.normalize("point_cloud", pc)
+        B, T = pc.shape[:2]
+        return self.encoder(pc, self.normalizer.normalize("agent_pos", pos)).reshape(B, T, -1)
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw observations (B, T >= To, ...) -> global condition (B, To * 128) from their first To steps."""
         To = self.config.n_obs_steps
-        dtype = next(self.parameters()).dtype
-        pc = obs["point_cloud"][:, :To].to(dtype)
-        pos = obs["agent_pos"][:, :To].to(dtype)
-        if self.config.encoder.normalize_point_cloud:
-            pc = self.normalizer.normalize("point_cloud", pc)
-        return self.encoder(pc, self.normalizer.normalize("agent_pos", pos))
+        return self._frame_features(obs["point_cloud"][:, :To], obs["agent_pos"][:, :To]).flatten(1)
+
+    @torch.no_grad()
+    def encode_frames(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw frames {point_cloud (B, T, N, 3), agent_pos (B, T, d)}, any number T -> features (B, T, step_dim):
+        what predict_action_from_features conditions on. Encoding each frame once as it arrives and stacking the
+        last n_obs_steps gives the condition predict_action computes from those frames."""
+        self._check_frames(obs)
+        return self._frame_features(obs["point_cloud"], obs["agent_pos"])
 
     # --- training -------------------------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -95,9 +118,22 @@ class PointCloudPolicy(BasePolicy):
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """obs_dict: raw (B, To, ...) -> {"action": (B, n_action_steps, A), "action_pred": (B, H, A)}.
         `generator` seeds the initial noise (and any sampler noise), for reproducible actions."""
+        self._check_obs(obs_dict, self.config.n_obs_steps)
+        features = self._frame_features(obs_dict["point_cloud"], obs_dict["agent_pos"])
+        return self.predict_action_from_features(features, generator=generator)
+
+    @torch.no_grad()
+    def predict_action_from_features(self, features: torch.Tensor,
+                                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-frame features (B, To, step_dim) of the last To observations, oldest first (encode_frames) ->
+        predict_action's output for those observations: the head alone, for callers that encode each frame once
+        (PolicyRunner). `generator` as in predict_action."""
         cfg = self.config
-        self._check_obs(obs_dict, cfg.n_obs_steps)
-        cond = self.encode_obs(obs_dict)
+        expected = (cfg.n_obs_steps, cfg.encoder.step_dim)
+        if features.ndim != 3 or tuple(features.shape[1:]) != expected:
+            raise ValueError(f"features must be (B, n_obs_steps={expected[0]}, step_dim={expected[1]}), "
+                             f"got {tuple(features.shape)}")
+        cond = features.flatten(1)                                                 # (B, To * step_dim)
         B = cond.shape[0]
         noise_device = cond.device if generator is None else generator.device
         noise = torch.randn(B, cfg.horizon, cfg.action_dim, generator=generator, dtype=cond.dtype,

@@ -390,9 +390,14 @@ def test_bench_latency_reports_speedup(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "lat.json").read_text())
     assert saved["settings"]["depth_shape"] == [128, 128] and saved["preprocess_ms"]["p50"] > 0
     assert all("error" not in r for r in saved["rows"])
-    # The NFE column is what the timed calls cost: backbone calls over the 1 + 3 calls of each row.
-    assert {r["head"]: r["nfe"] * (1 + 3) for r in saved["rows"]} == counted
+    # The NFE column is what the timed calls cost: backbone calls over the 1 + 3 calls of each row, timed twice in
+    # torch eager: without and with the per-frame feature cache.
+    assert {r["head"]: r["nfe"] * (1 + 3) * 2 for r in saved["rows"]} == counted
     assert [r["nfe"] for r in saved["rows"]] == [1, 10]          # one step vs DP3's 10 DDIM steps
+    for r in saved["rows"]:
+        cached = r["cached"]
+        assert all(cached[k]["p50"] > 0 for k in ("preprocess_ms", "encode_ms", "boundary_call_ms", "total_ms"))
+        assert set(cached["speedup_p50"]) == {"policy_over_encode_and_boundary_call", "boundary_call", "total"}
     assert res["meanflow_speedup_over_dp3"][0]["policy_p50"] > 0
 
 
@@ -407,6 +412,7 @@ def test_bench_latency_times_onnx_runtime_beside_torch(tmp_path):
     assert set(rows) == {("eager", "meanflow"), ("eager", "dp3"), (ONNX, "meanflow"), (ONNX, "dp3")}
     assert rows[(ONNX, "meanflow")]["policy_ms"]["p50"] > 0 and rows[(ONNX, "meanflow")]["nfe"] == 1
     assert "head 'dp3' cannot be exported" in rows[(ONNX, "dp3")]["skipped"]
+    assert "cached" in rows[("eager", "meanflow")] and "cached" not in rows[(ONNX, "meanflow")]   # no feature cache
     speedups = {s["variant"]: s for s in res["meanflow_speedup_over_dp3"]}
     assert speedups[ONNX]["dp3_variant"] == "eager" and speedups[ONNX]["policy_p50"] > 0
     assert speedups["eager"]["dp3_variant"] == "eager"

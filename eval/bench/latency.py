@@ -7,6 +7,13 @@ policy.predict_action -> actions. Reported per call: preprocessing, policy, and 
 calls after `warmup`. The depth image is rendered by the task's camera (a real scene), the normaliser is fitted on
 its cloud; weights are random (latency does not depend on them).
 
+With the per-frame feature cache (torch eager rows, field "cached"): what a controller's PolicyRunner does at a
+tick that starts a chunk. The newest frame is encoded when observed (`encode_ms`, paid at every tick), and the
+network call at the chunk boundary runs the head alone on the cached features of the last frames
+(`boundary_call_ms`, PolicyRunner.predict_chunk); `total_ms` is preprocessing + encode + boundary call, and
+`speedup_p50` the uncached row's p50s over the cached ones (policy over encode + boundary call, total over total),
+measured on the same policy with uncached and cached calls taking turns (the load of other processes falls on both).
+
 Runtimes ("variant" in the rows): on the CPU torch eager, ONNX Runtime ("onnxruntime": the policy exported in
 memory by mfp.policies.export, run by OnnxPolicy with as many intra-op threads as the row's torch threads; heads
 that cannot be exported, DP3, get a row saying so) and, on request, torch.compile (about a minute of compilation
@@ -29,6 +36,7 @@ import torch
 from mfp.demos.provenance import provenance
 from mfp.eval.bench.save import save_and_print
 from mfp.eval.bench.untrained import untrained_policy
+from mfp.eval.sim.rollout import PolicyRunner, caches_features
 from mfp.policies.heads import head_names
 from mfp.policies.training.precision import INFERENCE_THREADS, cpu_info
 
@@ -60,32 +68,73 @@ def _nfe(policy) -> int:
     return int(cfg.head_cfg.sample_steps)
 
 
-def _time_calls(act, depth, camera, pc_config, agent_dim: int, device: str, calls: int, warmup: int) -> dict:
+def _time_runs(runs: dict[str, list], device: str, calls: int, warmup: int) -> dict[str, dict]:
+    """Times `calls` calls after `warmup` of each run {run: [(stage, fn)]}: a call runs the stages in order, each fn
+    given the previous stage's output (None for the first). The runs take turns within every call, in alternating
+    order, so load from other processes that changes during the benchmark falls on them alike. Returns
+    {run: {"STAGE_ms": stats per stage, "total_ms": stats of the whole call}}."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = {run: {name: [] for name, _ in stages} | {"total": []} for run, stages in runs.items()}
+    order = list(runs)
+    for i in range(warmup + calls):
+        for run in (order if i % 2 == 0 else order[::-1]):
+            out = None
+            sync()
+            t_start = t = time.perf_counter()
+            for name, fn in runs[run]:
+                out = fn(out)
+                sync()
+                now = time.perf_counter()
+                if i >= warmup:
+                    times[run][name].append(now - t)
+                t = now
+            if i >= warmup:
+                times[run]["total"].append(t - t_start)
+    return {run: {f"{name}_ms": _stats(1000 * np.asarray(v)) for name, v in stage_times.items()}
+            for run, stage_times in times.items()}
+
+
+def _uncached_stages(act, depth, camera, pc_config, agent_dim: int, device: str) -> list:
+    """The newest cloud stacked with the previous one (preprocess), the network call on both frames (policy)."""
     from mfp.envs import depth_to_point_cloud
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    prev = depth_to_point_cloud(depth, camera, pc_config)
+    frames = [depth_to_point_cloud(depth, camera, pc_config)]               # the previous frame's cloud
     pos = np.zeros((2, agent_dim), dtype=np.float32)
-    pre, pol, tot = [], [], []
-    for i in range(warmup + calls):
-        sync()
-        t0 = time.perf_counter()
+
+    def preprocess(_):
         cloud = depth_to_point_cloud(depth, camera, pc_config)
-        pc = torch.from_numpy(np.stack([prev, cloud]))[None].to(device)           # (1, 2, N, 3)
-        ap = torch.from_numpy(pos)[None].to(device)                               # (1, 2, d)
-        sync()
-        t1 = time.perf_counter()
-        action = act(pc, ap)
-        action.cpu()                                                              # the controller needs it on the host
-        sync()
-        t2 = time.perf_counter()
-        prev = cloud
-        if i >= warmup:
-            pre.append(t1 - t0)
-            pol.append(t2 - t1)
-            tot.append(t2 - t0)
-    ms = lambda x: 1000 * np.asarray(x)  # noqa: E731
-    return {"preprocess_ms": _stats(ms(pre)), "policy_ms": _stats(ms(pol)), "total_ms": _stats(ms(tot))}
+        pc = torch.from_numpy(np.stack([frames[-1], cloud]))[None].to(device)   # (1, 2, N, 3)
+        frames[-1] = cloud
+        return pc, torch.from_numpy(pos)[None].to(device)                   # (1, 2, d)
+
+    def policy(inputs):
+        return act(*inputs).cpu()                                           # the controller needs it on the host
+
+    return [("preprocess", preprocess), ("policy", policy)]
+
+
+def _cached_stages(policy, depth, camera, pc_config, agent_dim: int, device: str) -> list:
+    """With the feature cache, a tick that starts a chunk: the newest cloud (preprocess), a PolicyRunner observing
+    it (encode: that frame alone) and predicting a chunk from the cached features (boundary_call: the head alone)."""
+    from mfp.envs import depth_to_point_cloud
+
+    runner = PolicyRunner(policy, device)
+    runner.reset(seed=0)
+    pos = np.zeros(agent_dim, dtype=np.float32)
+    runner.observe({"point_cloud": depth_to_point_cloud(depth, camera, pc_config), "agent_pos": pos})  # a previous
+    return [("preprocess", lambda _: {"point_cloud": depth_to_point_cloud(depth, camera, pc_config),
+                                      "agent_pos": pos}),
+            ("encode", runner.observe),
+            ("boundary_call", lambda _: runner.predict_chunk())]
+
+
+def _cache_speedup(policy_ms: dict, total_ms: dict, cached: dict) -> dict[str, float]:
+    """The uncached p50s over the cached ones: the boundary call alone, the network work of a tick that starts a
+    chunk (policy over encode + boundary call) and observation -> action (total over total)."""
+    work = cached["encode_ms"]["p50"] + cached["boundary_call_ms"]["p50"]
+    return {"boundary_call": round(policy_ms["p50"] / cached["boundary_call_ms"]["p50"], 2),
+            "policy_over_encode_and_boundary_call": round(policy_ms["p50"] / work, 2),
+            "total": round(total_ms["p50"] / cached["total_ms"]["p50"], 2)}
 
 
 ONNX = "onnxruntime"
@@ -178,9 +227,16 @@ def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int 
             policy = untrained_policy(head, preset, pc_config.num_points, agent_dim, cloud, device)
             row.update(nfe=_nfe(policy), params=sum(p.numel() for p in policy.parameters()))
             try:
-                act = _actor(policy, variant, n_threads)
+                scene = (depth, camera, pc_config, agent_dim, device)
+                runs = {"uncached": _uncached_stages(_actor(policy, variant, n_threads), *scene)}
+                if variant == "eager" and caches_features(policy):
+                    runs["cached"] = _cached_stages(policy, *scene)
                 with torch.inference_mode():
-                    row.update(_time_calls(act, depth, camera, pc_config, agent_dim, device, calls, warmup))
+                    timed = _time_runs(runs, device, calls, warmup)
+                row.update(timed["uncached"])
+                if "cached" in timed:
+                    cached = timed["cached"]
+                    row["cached"] = {**cached, "speedup_p50": _cache_speedup(row["policy_ms"], row["total_ms"], cached)}
             except Exception as e:  # a compile failure of one variant must not hide the others
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             rows.append(row)
@@ -191,7 +247,8 @@ def bench_latency(heads=None, presets=("small",), calls: int = 200, warmup: int 
 
     speedups = _speedups(rows, configs, presets)
     result = {
-        "what": "observation -> action latency at batch 1, preprocessing of a rendered depth image included",
+        "what": "observation -> action latency at batch 1, preprocessing of a rendered depth image included; "
+                "'cached': with the per-frame feature cache (encode per tick, head alone at a chunk boundary)",
         "settings": {"task": task, "depth_shape": list(depth.shape), "n_points": pc_config.num_points,
                      "calls": calls, "warmup": warmup, "presets": list(presets), "heads": list(heads),
                      "devices": devices, "threads": threads, "variants": [c[1] for c in configs],
@@ -239,9 +296,20 @@ def _row_line(r: dict) -> str:
         return f"{where} error: {r['error']}"
     if "skipped" in r:
         return f"{where} not run: {r['skipped']}"
-    return (f"{where} {r['nfe']:>4} "
+    line = (f"{where} {r['nfe']:>4} "
             f"{r['policy_ms']['p50']:>9.2f} {r['policy_ms']['p99']:>9.2f} {r['total_ms']['p50']:>9.2f} "
             f"{r['total_ms']['p99']:>9.2f}")
+    return line + (_cached_line(r) if "cached" in r else "")
+
+
+def _cached_line(r: dict) -> str:
+    """The row's feature-cache figures, on a line below it."""
+    c, x = r["cached"], r["cached"]["speedup_p50"]
+    return (f"\n{'':5} {'  + feature cache':19} encode/tick p50 {c['encode_ms']['p50']:.2f} p99 "
+            f"{c['encode_ms']['p99']:.2f}, boundary call p50 {c['boundary_call_ms']['p50']:.2f} p99 "
+            f"{c['boundary_call_ms']['p99']:.2f}, total p50 {c['total_ms']['p50']:.2f} p99 {c['total_ms']['p99']:.2f}"
+            f" (uncached/cached: boundary call {x['boundary_call']}x, encode + call "
+            f"{x['policy_over_encode_and_boundary_call']}x, total {x['total']}x)")
 
 
 def format_table(result: dict) -> str:

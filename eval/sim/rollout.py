@@ -4,13 +4,22 @@
 (the first one repeated at an episode's start, as the training windows are padded), calls the network
 only when its queue of chunked actions is empty, and times each call. A simulator or a robot gives it
 observation dicts {point_cloud (N, 3), agent_pos (d,)} and executes the actions it returns.
+
+Per-frame feature cache: a policy that encodes frames on their own (`encode_frames` and
+`predict_action_from_features`: PointCloudPolicy) has each observation encoded once, when it is observed, and its
+features kept for the next n_obs_steps calls; the network call at a chunk boundary then runs the head alone on the
+cached features (padded at an episode's start as the observations are), giving the actions predict_action gives
+on the same observations. Any other policy (OnnxPolicy: one graph from raw observations) is called with the raw
+history, as `predict_action(batch)`.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,43 +28,75 @@ from mfp.demos.sampler import edge_padded
 from mfp.policies.base import ActionQueue, obs_to_torch
 
 
+def caches_features(policy) -> bool:
+    """Whether `policy` can be conditioned on frames encoded one at a time (encode_frames and
+    predict_action_from_features), so PolicyRunner caches per-frame features."""
+    return all(callable(getattr(policy, name, None)) for name in ("encode_frames", "predict_action_from_features"))
+
+
 class PolicyRunner:
+    """reset / observe / predict_chunk / act, see the module docstring. `inference_ms`: the network call of each
+    chunk (with the feature cache, the head alone); `encode_ms`: the encoding of each observed frame (feature cache
+    only; empty otherwise)."""
+
     def __init__(self, policy, device: str | torch.device = "cpu"):
         self.policy = policy.to(device).eval()
         self.device = torch.device(device)
         cfg = policy.config
         self.n_obs_steps = int(cfg.n_obs_steps)
         self.n_action_steps = int(cfg.n_action_steps)
+        self.caches_features = caches_features(policy)
         self._history: collections.deque = collections.deque(maxlen=self.n_obs_steps)
+        self._features: collections.deque = collections.deque(maxlen=self.n_obs_steps)  # (1, 1, step_dim) each
         self._queue = ActionQueue()
         self.inference_ms: list[float] = []
+        self.encode_ms: list[float] = []
         self._generator: torch.Generator | None = None
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode; `seed` fixes the policy's sampling noise for it (same actions in any process)."""
         self._history.clear()
+        self._features.clear()
         self._queue.clear()
         self.policy.reset()
         self._generator = None if seed is None else torch.Generator(self.device).manual_seed(int(seed))
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
-        """Add the latest observation to the history."""
+        """Add the latest observation to the history; with the feature cache, encode it now (timed: encode_ms)."""
         self._history.append(obs)
+        if self.caches_features:
+            frame = obs_to_torch([obs], self.device)                                  # (1, 1, ...)
+            self._features.append(self._timed(functools.partial(self.policy.encode_frames, frame), self.encode_ms))
+
+    def _padded(self, frames: collections.deque) -> list:
+        """The last n_obs_steps entries of `frames`, oldest first, the first repeated in front early in an episode."""
+        return edge_padded(list(frames), self.n_obs_steps - len(frames))
 
     def history(self) -> list[dict[str, np.ndarray]]:
         """The last n_obs_steps observations, oldest first; early in an episode the first one is repeated in front,
         as training windows are padded at an episode's start (sampler.edge_padded)."""
-        return edge_padded(list(self._history), self.n_obs_steps - len(self._history))
+        return self._padded(self._history)
 
-    @torch.no_grad()
-    def predict_chunk(self) -> np.ndarray:
-        """One network call on the history: the next n_action_steps actions (n_action_steps, d_act), timed."""
-        batch = obs_to_torch(self.history(), self.device)
+    def _timed(self, call: Callable[[], object], into: list[float]) -> object:
+        """call() under no_grad, its wall time in ms appended to `into` (CUDA synchronised before the clock read)."""
         t0 = time.perf_counter()
-        actions = self.policy.predict_action(batch, generator=self._generator)["action"][0]
+        with torch.no_grad():
+            out = call()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.inference_ms.append(1000 * (time.perf_counter() - t0))
+        into.append(1000 * (time.perf_counter() - t0))
+        return out
+
+    def predict_chunk(self) -> np.ndarray:
+        """One network call on the history: the next n_action_steps actions (n_action_steps, d_act), timed; with the
+        feature cache the head alone, on the cached features of the last n_obs_steps frames."""
+        if self.caches_features:
+            features = torch.cat(self._padded(self._features), dim=1)                # (1, To, step_dim)
+            call = functools.partial(self.policy.predict_action_from_features, features, generator=self._generator)
+        else:
+            batch = obs_to_torch(self.history(), self.device)
+            call = functools.partial(self.policy.predict_action, batch, generator=self._generator)
+        actions = self._timed(call, self.inference_ms)["action"][0]
         return actions.float().cpu().numpy()
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
