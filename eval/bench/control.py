@@ -12,6 +12,10 @@ of chunk blending (jerk of the commanded actions, task success).
 - ROS 2: the same through the ROS 2 adapter and `mfp ros-sim --ros 2` over DDS, in a domain of its own.
   Each run through ROS ends with an e-stop after its last tick: trigger -> the robot node has it and holds.
 - E-stop: trigger at a random moment mid-episode; time until the robot is told to hold (in process).
+- Timing settings (issue 15): each in-process run twice in the same benchmark, with the loop's timing settings
+  (real-time priority, fine wait, frozen collector, short switch interval: ControlConfig's defaults) and
+  without them (`UNTUNED`, the loop before them): mode `in-process` vs `in-process untuned`. Overruns (ticks a
+  whole period late), garbage collections during the ticks and the scheduling the loop thread got are reported.
 - Load: the in-process run again with the CPU saturated by busy processes (one per core): deadlines kept, or
   holds and drops reported.
 - Soak: thousands of loop steps in one episode; resident memory at the start and the end.
@@ -39,7 +43,7 @@ import numpy as np
 from mfp.demos.seeds import EVAL_SEED_START
 from mfp.envs import EPISODE_STEPS
 from mfp.eval.bench.save import save_and_print
-from mfp.eval.control.loop import ControlConfig, ControlLoop
+from mfp.eval.control.loop import UNTUNED, ControlConfig, ControlLoop
 from mfp.eval.control.safety import EStop, SafetyConfig
 from mfp.eval.stats import percentile
 
@@ -63,7 +67,8 @@ def _loop_figures(report) -> dict:
     s = report.summary()
     return {k: s[k] for k in ("steps", "holds", "dropped_actions", "period_error_ms_p50", "period_error_ms_p99",
                               "latency_ms_p50", "latency_ms_p99", "obs_age_ms_p50", "obs_age_ms_p99",
-                              "inference_ms_p50", "inference_ms_p99")}
+                              "inference_ms_p50", "inference_ms_p99", "overruns", "gc_collections",
+                              "gc_pause_ms_max", "realtime")}
 
 
 def _rss_mb() -> float:
@@ -73,9 +78,9 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def in_process(rate: float, steps: int, load_procs: int = 0, rss_every: int = 0) -> dict:
+def in_process(rate: float, steps: int, load_procs: int = 0, rss_every: int = 0, untuned: bool = False) -> dict:
     """The loop on the simulated robot; `load_procs` busy processes run meanwhile; RSS sampled every
-    `rss_every` steps (0: start and end only)."""
+    `rss_every` steps (0: start and end only); `untuned`: without the loop's timing settings (UNTUNED)."""
     from mfp.eval.robots.sim import SimRobot
 
     runner = _policy_runner()
@@ -83,8 +88,8 @@ def in_process(rate: float, steps: int, load_procs: int = 0, rss_every: int = 0)
     robot = SimRobot(TASK, rate_hz=rate, seed=EVAL_SEED_START, stop_on_success=False, max_episode_steps=steps + 50)
     rss = [_rss_mb()]
     try:
-        loop = ControlLoop(runner, robot, ControlConfig(rate_hz=rate), SafetyConfig(max_steps=steps,
-                           max_time_s=steps / rate + 30))
+        cfg = ControlConfig(rate_hz=rate, **(UNTUNED if untuned else {}))
+        loop = ControlLoop(runner, robot, cfg, SafetyConfig(max_steps=steps, max_time_s=steps / rate + 30))
         if rss_every:
             sampler_stop = threading.Event()
 
@@ -285,22 +290,31 @@ def blending(ckpts: list[str], rate: float, episodes: int) -> list[dict]:
 
 
 def format_table(result: dict) -> str:
-    lines = ["mode        rate  period err p50/p99 ms  obs->action p50/p99 ms  inference p50 ms  dropped  holds  "
-             "ROS added p50 ms  e-stop->robot ms"]
+    lines = ["mode                  rate  period err p50/p99 ms  obs->action p50/p99 ms  inference p50 ms  dropped  "
+             "holds  overruns  ROS added p50 ms  e-stop->robot ms  loop thread"]
     for r in result["loop"]:
         def f(v):
             return "  n/a" if v is None else f"{v:5.2f}"
-        lines.append(f"{r['mode']:<10} {r['rate_hz']:5.0f}  {f(r.get('period_error_ms_p50'))} / "
+        lines.append(f"{r['mode']:<20} {r['rate_hz']:5.0f}  {f(r.get('period_error_ms_p50'))} / "
                      f"{f(r.get('period_error_ms_p99'))}        {f(r.get('latency_ms_p50'))} / "
                      f"{f(r.get('latency_ms_p99'))}          {f(r.get('inference_ms_p50'))}       "
-                     f"{r.get('dropped_actions', 'n/a'):>5}  {r.get('holds', 'n/a'):>5}  "
-                     f"{f(r.get('ros_added_ms_p50'))}             {f(r.get('estop_to_robot_ms'))}"
-                     f"{'  ' + r['skipped'] if 'skipped' in r else ''}")
+                     f"{r.get('dropped_actions', 'n/a'):>5}  {r.get('holds', 'n/a'):>5}  {r.get('overruns', 'n/a'):>8}  "
+                     f"{f(r.get('ros_added_ms_p50'))}             {f(r.get('estop_to_robot_ms'))}             "
+                     f"{r.get('realtime', '')}{'  ' + r['skipped'] if 'skipped' in r else ''}")
+    gc_runs = [r for r in result["loop"] if r.get("gc_collections")]
+    if gc_runs:
+        lines.append("garbage collections during the ticks: " + ", ".join(
+            f"{r['mode']} {r['rate_hz']:.0f} Hz {r['gc_collections']} (max {r['gc_pause_ms_max']:.2f} ms)"
+            for r in gc_runs))
     for r in result["loop"]:
         if "rss_mb_end" in r:
             lines.append(f"soak {r['steps']} steps at {r['rate_hz']:.0f} Hz: RSS {r['rss_mb_start']:.1f} MB at start, "
                          f"{r['rss_mb_after_warmup']:.1f} after warm-up, {r['rss_mb_end']:.1f} at the end "
                          f"(max {r['rss_mb_max']:.1f})")
+    load = result.get("load_average_1min")
+    if load:
+        lines.append(f"load average (1 min) {load['start']} at the start, {load['end']} at the end; nice "
+                     f"{result.get('nice')}; tuned = {result.get('timing')}")
     e = result.get("estop")
     if e:
         lines.append(f"e-stop -> hold: p50 {e['estop_to_hold_ms_p50']:.2f} ms, max {e['estop_to_hold_ms_max']:.2f} ms "
@@ -309,6 +323,12 @@ def format_table(result: dict) -> str:
         lines.append(f"blend {b['blend']:<8} {b['task']:<24} jerk {b['jerk_mean']:.4f}  success "
                      f"{b['success_rate']:.0%} ({b['episodes']} episodes at {b['rate_hz']:.0f} Hz)")
     return "\n".join(lines)
+
+
+def _timing_defaults() -> dict:
+    """The loop's timing settings the tuned runs use (ControlConfig's defaults)."""
+    cfg = ControlConfig()
+    return {k: getattr(cfg, k) for k in UNTUNED}
 
 
 def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_trials: int = 5,
@@ -320,11 +340,13 @@ def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_
 
     if threads:
         torch.set_num_threads(threads)
+    load_start = round(os.getloadavg()[0], 2)
     loop = []
     ros1 = ros and shutil.which("roscore") is not None
     with (RosMaster() if ros1 else contextlib.nullcontext()) as master, \
             (Ros2Domain() if ros else contextlib.nullcontext()) as dds:
         for rate in rates:
+            loop.append({"mode": "in-process untuned", "rate_hz": rate, **in_process(rate, steps, untuned=True)})
             loop.append({"mode": "in-process", "rate_hz": rate, **in_process(rate, steps)})
             if ros1:
                 loop.append({"mode": "ROS", "rate_hz": rate, **through_ros(master, rate, steps)})
@@ -332,6 +354,8 @@ def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_
                 loop.append({"mode": "ROS 2", "rate_hz": rate, **through_ros(dds, rate, steps, version=2)})
     n_load = (os.cpu_count() or 1) if load_procs is None else load_procs
     if n_load:
+        loop.append({"mode": f"loaded x{n_load} untuned", "rate_hz": max(rates),
+                     **in_process(max(rates), steps, n_load, untuned=True)})
         loop.append({"mode": f"loaded x{n_load}", "rate_hz": max(rates), **in_process(max(rates), steps, n_load)})
     if soak_steps:
         loop.append({"mode": "soak", "rate_hz": max(rates),
@@ -339,5 +363,7 @@ def bench_control(rates=(10.0, 30.0), steps: int = 150, ros: bool = True, estop_
     result = {"loop": loop, "estop": estop_reaction(max(rates), estop_trials) if estop_trials else None,
               "blending": blending(list(blend_ckpts), blend_rate, blend_episodes) if blend_ckpts else [],
               "steps_per_run": steps, "policy": "meanflow small preset (random weights), batch 1, CPU",
-              "torch_threads": threads, "provenance": provenance()}
+              "torch_threads": threads, "untuned": UNTUNED, "timing": _timing_defaults(), "nice": os.nice(0),
+              "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},  # other jobs
+              "provenance": provenance()}
     return save_and_print(result, out, format_table(result))

@@ -9,7 +9,9 @@ def bench_control_parser(bench) -> None:
     b = bench.add_parser(
         "control", help="control-loop timing in process and through ROS, e-stop reaction, chunk blending",
         description="Drive the real-time simulated robot with the small-preset MeanFlow policy at each rate: loop "
-                    "period error p50/p99, observation -> action latency, dropped actions; the same through ROS 1 "
+                    "period error p50/p99, observation -> action latency, dropped actions, overruns, each in-process run with "
+                    "the loop's timing settings (ControlConfig's defaults) and without them (untuned); the same "
+                    "through ROS 1 "
                     "(a roscore and the simulated-robot node in other processes) and ROS 2 (DDS) with the "
                     "transport delays each adds; e-stop to hold; and, given checkpoints, jerk and success with and "
                     "without blending.")

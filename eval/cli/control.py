@@ -24,6 +24,20 @@ def _safety_flags(p) -> None:
     s.add_argument("--max-time", type=float, default=60.0, help="seconds per episode (default: 60)")
 
 
+def _timing_flags(p) -> None:
+    t = p.add_argument_group("loop timing (docs/control.md, eval/control/timing.py)")
+    t.add_argument("--rt-priority", type=int, default=10,
+                   help="SCHED_FIFO priority (1-99) of the loop thread during the ticks, 0 for the normal scheduler; "
+                        "needs root or CAP_SYS_NICE, else a warning and normal priority (default: 10)")
+    t.add_argument("--fine-wait-ms", type=float, default=1.0,
+                   help="wait the last this many ms before each tick in 0.1 ms slices, 0 for one wait (default: 1)")
+    t.add_argument("--gc", dest="gc_mode", choices=("normal", "freeze", "off"), default="freeze",
+                   help="garbage collector during the ticks: normal; freeze (what exists before the loop is never "
+                        "walked: collections stay short); off (disabled, one collection after) (default: freeze)")
+    t.add_argument("--switch-interval-ms", type=float, default=0.5,
+                   help="Python's thread switch interval during the ticks, 0 to leave it (5 ms) (default: 0.5)")
+
+
 def control_parser(sub) -> None:
     p = sub.add_parser(
         "control", help="run a policy on a robot (simulated or through ROS) at a fixed rate, with safety",
@@ -52,9 +66,13 @@ def control_parser(sub) -> None:
     p.add_argument("--picture", default=None, help="PNG of the first cropped cloud, saved before the run")
     p.add_argument("--ros-config", default=None, help="YAML of topic names and calibration (see eval/robots/ros_topics.py)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of the network (torch intra-op or ONNX Runtime); more than 1 makes the "
+                        "real-time loop thread wait on threads at normal priority (docs/control.md) (default: 1)")
     add_runtime_flag(p)
     p.add_argument("--out", default=None, help="JSON file for the run reports")
     _safety_flags(p)
+    _timing_flags(p)
     p.set_defaults(run=_control_run)
 
 
@@ -74,6 +92,8 @@ def _control_run(args) -> int:
         raise ValueError("--runtime applies to a trained policy (--ckpt), not to the expert")
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     from .output_paths import FILE, FOLDER, Output, check_outputs
 
     check_outputs([Output("--out", args.out, FILE, "run reports JSON"),
@@ -86,14 +106,16 @@ def _control_run(args) -> int:
         topics = RosTopics.from_yaml(args.ros_config) if args.ros_config else RosTopics()
         if args.expert:  # the expert reads the simulator's privileged state
             topics = topics.with_full_state()
-    cfg = ControlConfig(rate_hz=args.rate, blend=args.blend, warmup_calls=args.warmup)
+    cfg = ControlConfig(rate_hz=args.rate, blend=args.blend, warmup_calls=args.warmup, gc_mode=args.gc_mode,
+                        fine_wait_ms=args.fine_wait_ms, switch_interval_ms=args.switch_interval_ms,
+                        rt_priority=args.rt_priority)
     safety = SafetyConfig(action_low=args.action_low, action_high=args.action_high, max_delta=args.max_delta,
                           max_obs_age_s=args.max_obs_age, stale_stop_s=args.stale_stop, max_steps=args.max_steps,
                           max_time_s=args.max_time)
     reports = control(ckpt=args.ckpt, expert_task=args.task if args.expert else None, task=args.task,
                       robot=args.robot, episodes=args.episodes, seed=args.seed, control_cfg=cfg, safety=safety,
                       record=args.record, picture=args.picture, topics=topics, device=args.device,
-                      runtime=args.runtime)
+                      runtime=args.runtime, threads=args.threads)
     for r in reports:
         print(f"episode {r['episode']} (seed {r['seed']}): {r['stop_reason']}, success {r['success']}, "
               f"{r['steps']} actions, {r['holds']} holds, {r['dropped_actions']} dropped, "

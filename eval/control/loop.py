@@ -14,6 +14,11 @@ Time alignment (also written into every recorded run):
 Safety: every action is clipped to the configured limits and its per-step change bounded; a stale observation
 holds the robot; a non-finite observation or action, or a policy that raises, stops the loop and holds; an
 emergency stop (call, topic, Ctrl-C) stops sending at once and holds; step and time limits end the episode.
+
+Timing (eval/control/timing.py): during the ticks the loop thread runs under SCHED_FIFO when it may
+(`rt_priority`), waits the last `fine_wait_ms` before each tick in short slices, the garbage collector does not
+walk what existed before the loop (`gc_mode`), and Python's thread switch interval is short
+(`switch_interval_ms`); UNTUNED turns all of this off (the loop before issue 15).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mfp.eval.control.safety import ActionFilter, EStop, SafetyConfig, SafetyEvent
+from mfp.eval.control.timing import GC_MODES, quiet_gc, realtime_thread, switch_interval, wait_until
 from mfp.eval.robots.base import Robot, TimedObservation
 from mfp.eval.stats import percentile
 from mfp.policies.config_checks import check_fields
@@ -42,6 +48,11 @@ class ControlConfig:
     ensemble_decay: float = 0.1         # ensemble weight exp(-decay * i), i = 0 for the oldest prediction
     warmup_calls: int = 5               # network calls before the clock starts (first-call latency, allocator)
     first_obs_timeout_s: float = 5.0    # wait this long for the first observation
+    gc_mode: str = "freeze"             # garbage collector during the ticks: normal, freeze, off (timing.quiet_gc)
+    fine_wait_ms: float = 1.0           # the last part of each wait in 0.1 ms slices (0: one wait per tick)
+    switch_interval_ms: float = 0.5     # Python's thread switch interval during the ticks (0: unchanged, 5 ms)
+    rt_priority: int = 10               # SCHED_FIFO priority of the loop thread during the ticks (0: off); needs
+                                        # root or CAP_SYS_NICE, else a warning and normal priority
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -51,10 +62,24 @@ class ControlConfig:
             raise ValueError(f"ControlConfig.blend must be one of {BLEND_MODES}, got {self.blend!r}")
         if self.warmup_calls < 0 or self.first_obs_timeout_s <= 0 or self.ensemble_decay < 0:
             raise ValueError(f"ControlConfig: bad warmup_calls / first_obs_timeout_s / ensemble_decay in {self}")
+        if self.gc_mode not in GC_MODES:
+            raise ValueError(f"ControlConfig.gc_mode must be one of {GC_MODES}, got {self.gc_mode!r}")
+        if not 0 <= self.fine_wait_ms < 1000 * self.period:
+            raise ValueError(f"ControlConfig.fine_wait_ms must lie in [0, the period {1000 * self.period:g} ms), "
+                             f"got {self.fine_wait_ms}")
+        if not 0 <= self.switch_interval_ms <= 100:
+            raise ValueError(f"ControlConfig.switch_interval_ms must lie in [0, 100], got {self.switch_interval_ms}")
+        if not 0 <= self.rt_priority <= 99:
+            raise ValueError(f"ControlConfig.rt_priority must lie in [0, 99], got {self.rt_priority}")
 
     @property
     def period(self) -> float:
         return 1.0 / self.rate_hz
+
+
+# the loop's timing as it was before issue 15: collector untouched, one wait per tick, Python's switch interval,
+# normal priority (`ControlConfig(**UNTUNED)`; `mfp bench control` runs it beside the default for comparison)
+UNTUNED = {"gc_mode": "normal", "fine_wait_ms": 0.0, "switch_interval_ms": 0.0, "rt_priority": 0}
 
 
 class ChunkScheduler:
@@ -129,12 +154,17 @@ class ControlReport:
     latency_ms: list[float] = field(default_factory=list)         # tick start (observation read) -> action sent
     obs_age_ms: list[float] = field(default_factory=list)         # tick start - observation time
     inference_ms: list[float] = field(default_factory=list)
+    overruns: int = 0                    # ticks that began a whole period or more late (the previous tick overran)
+    gc_pauses_ms: list[float] = field(default_factory=list)       # garbage collections during the ticks
+    realtime: str = ""                   # the scheduling the loop thread had (timing.realtime_thread)
     events: list[SafetyEvent] = field(default_factory=list)
     success: bool | None = None
 
     def summary(self) -> dict:
         return {"stop_reason": self.stop_reason, "steps": self.steps, "holds": self.holds,
-                "dropped_actions": self.dropped_actions, "success": self.success,
+                "dropped_actions": self.dropped_actions, "success": self.success, "overruns": self.overruns,
+                "gc_collections": len(self.gc_pauses_ms),
+                "gc_pause_ms_max": max(self.gc_pauses_ms) if self.gc_pauses_ms else 0.0, "realtime": self.realtime,
                 "period_error_ms_p50": percentile(np.abs(self.period_error_ms), 50),
                 "period_error_ms_p99": percentile(np.abs(self.period_error_ms), 99),
                 "latency_ms_p50": percentile(self.latency_ms, 50), "latency_ms_p99": percentile(self.latency_ms, 99),
@@ -203,25 +233,38 @@ class ControlLoop:
         (self.robot.stop if estop else self.robot.hold)()
 
     def _run(self, report: ControlReport, seed: int | None) -> None:
-        cfg, safety, period = self.cfg, self.safety, self.cfg.period
+        """First observation, warm-up, then the ticks under the loop's timing settings."""
+        cfg = self.cfg
         obs = self._wait_first_observation()
         if obs is None:
             if self.estop.is_set():
                 return self._stop(report, "e_stop", f"{self.estop.reason} (before the first observation)", estop=True)
             return self._stop(report, "no_observation", f"nothing within {cfg.first_obs_timeout_s} s", estop=True)
-        self.warm_up(obs, seed)
-        if self.estop.is_set():
-            return self._stop(report, "e_stop", f"{self.estop.reason} (during the warm-up)", estop=True)
-        self.filter.reset()
+        # the collection before the freeze stops every Python thread (about 0.15 s): before the warm-up, so that
+        # the robot's observation at the first tick is fresh
+        with quiet_gc(cfg.gc_mode) as gc_pauses:
+            self.warm_up(obs, seed)
+            if self.estop.is_set():
+                return self._stop(report, "e_stop", f"{self.estop.reason} (during the warm-up)", estop=True)
+            self.filter.reset()
+            with switch_interval(cfg.switch_interval_ms / 1000), realtime_thread(cfg.rt_priority) as realtime:
+                gc_pauses.pauses_ms.clear()
+                report.gc_pauses_ms, report.realtime = gc_pauses.pauses_ms, realtime
+                self._ticks(report)
+
+    def _ticks(self, report: ControlReport) -> None:
+        """The ticks from now until a stop."""
+        cfg, safety, period = self.cfg, self.safety, self.cfg.period
         t0 = self.clock()
         scheduler = ChunkScheduler(t0, period, cfg.blend, cfg.ensemble_decay)
         chunk_t_obs, last_fresh = None, t0
         for k in range(safety.max_steps + 1):
             target = t0 + k * period
-            if self.estop.wait(max(0.0, target - self.clock())):
+            if wait_until(target, self.clock, self.estop, cfg.fine_wait_ms / 1000):
                 return self._stop(report, "e_stop", self.estop.reason, estop=True)
             now = self.clock()
             report.period_error_ms.append(1000 * (now - target))
+            report.overruns += int(now - target >= period)
             if getattr(self.robot, "done", False):
                 return self._stop(report, "episode_end")
             if k == safety.max_steps:
@@ -260,7 +303,9 @@ class ControlLoop:
             dropped += already_late if self.cfg.blend == "none" else 0
             if dropped:
                 report.dropped_actions += dropped
-                self._event(report, "late_actions_dropped", f"{dropped} action(s) past their slot")
+                self._event(report, "late_actions_dropped", f"{dropped} action(s) past their slot (the observation "
+                            f"{1000 * (now - obs.t):.0f} ms old at the tick, sent {1000 * (sent_at - now):.0f} ms "
+                            "after the tick)")
             if action is None:
                 self.robot.hold()
                 report.holds += 1

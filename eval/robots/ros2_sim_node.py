@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from mfp.demos import ros2_types as msgs
 from mfp.demos.ros_msgs import pointcloud2_fields_xyz, stamp_seconds
-from mfp.demos.seeds import EVAL_SEED_START
-from mfp.envs import EPISODE_STEPS
 from mfp.eval.robots import sim_node
 from mfp.eval.robots.ros2_dds import COMMAND_QOS, ESTOP_QOS, SENSOR_QOS, DdsNode, domain_id
 from mfp.eval.robots.ros_topics import RosTopics
@@ -63,11 +61,6 @@ class Ros2SimTransport(sim_node.SimTransport):
         self.node.close()
 
 
-def serve_sim(task: str, topics: RosTopics, rate_hz: float = 10.0, seed: int = EVAL_SEED_START,
-              point_cloud: dict | None = None, result_path=None, timeout_s: float = 120.0,
-              max_steps: int = EPISODE_STEPS, node_name: str = "mfp_sim_robot",
-              start_on_first_action: bool = True) -> dict:
-    return sim_node.serve_sim(Ros2SimTransport(topics, node_name), task, rate_hz=rate_hz, seed=seed,
-                              point_cloud=point_cloud, result_path=result_path, timeout_s=timeout_s,
-                              max_steps=max_steps, publish_full_state=topics.full_state is not None,
-                              start_on_first_action=start_on_first_action)
+def serve_sim(task: str, topics: RosTopics, **kw) -> dict:
+    """The node over ROS 2 until its episode ends (sim_node.serve_topics: the options)."""
+    return sim_node.serve_topics(Ros2SimTransport, task, topics, **kw)

@@ -1,5 +1,6 @@
 """The simulated robot served over a middleware (`mfp ros-sim`), whatever the middleware: this module is the
-part that does not depend on it; ros_sim_node.py (ROS 1) and ros2_sim_node.py (ROS 2) each add a `SimTransport`.
+part that does not depend on it; ros_sim_node.py (ROS 1) and ros2_sim_node.py (ROS 2) each add a `SimTransport`
+and a `serve_sim` that is `serve_topics` with it.
 
 The node publishes the robot's observations (PointCloud2 in the base frame, JointState, optionally the privileged
 full state for scripted experts) and executes the actions it receives at their header stamps. The simulator's own
@@ -157,6 +158,17 @@ def serve_sim(transport: SimTransport, task: str, rate_hz: float = 10.0, seed: i
 
         atomic_write_json(result_path, summary)
     return summary
+
+
+def serve_topics(transport_cls, task: str, topics, rate_hz: float = 10.0, seed: int = EVAL_SEED_START,
+                 point_cloud: dict | None = None, result_path=None, timeout_s: float = 120.0,
+                 max_steps: int = EPISODE_STEPS, node_name: str = "mfp_sim_robot",
+                 start_on_first_action: bool = True) -> dict:
+    """`serve_sim` over ROS topics (a RosTopics): the transport is `transport_cls(topics, node_name)` (ROS 1 or
+    ROS 2), and the privileged full state is published when the topics name a full_state topic."""
+    return serve_sim(transport_cls(topics, node_name), task, rate_hz=rate_hz, seed=seed, point_cloud=point_cloud,
+                     result_path=result_path, timeout_s=timeout_s, max_steps=max_steps,
+                     publish_full_state=topics.full_state is not None, start_on_first_action=start_on_first_action)
 
 
 def say(what: str) -> None:
