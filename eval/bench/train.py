@@ -27,6 +27,7 @@ from mfp.demos.provenance import provenance
 from mfp.eval.bench.save import save_and_print
 from mfp.policies.config import PolicyConfig
 from mfp.policies.heads import head_names
+from mfp.policies.training.optim import make_adamw
 from mfp.policies.training.precision import (autocast, available_cores, cpu_info, default_threads, resolve_amp,
                                              thread_choice)
 
@@ -69,7 +70,7 @@ class _Stepper:
         self.policy = build_policy(cfg)
         self.policy.set_normalizer(fitted_normalizer(batch))
         self.policy.to(device).train()
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+        self.optimizer = make_adamw(self.policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
         self.batch, self.amp, self.device = batch, amp, device
         self.n_params = sum(p.numel() for p in self.policy.parameters())
 

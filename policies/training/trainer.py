@@ -43,6 +43,7 @@ from .config import TrainConfig
 from .cpu_memory import reuse_freed_cpu_memory
 from .distributed import (DistInfo, ResumableBatchSampler, all_true, barrier, gather_to_main, setup_distributed,
                           teardown_distributed)
+from .optim import load_optimizer_state, make_adamw
 from .precision import CpuInfo, autocast, resolve_amp
 
 EvalFn = Callable[[nn.Module, int], dict]
@@ -193,8 +194,8 @@ class _Run:
         self.policy.to(info.device).train()
         seed_everything(cfg.seed + 7919 * info.rank)    # each rank its own training noise
 
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                           weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+        self.optimizer = make_adamw(self.policy.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                    weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
         self.scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=cfg.effective_warmup_steps,
                                        num_training_steps=cfg.steps)
         self.ema = _make_ema(self.policy, cfg) if cfg.ema else None
@@ -376,7 +377,7 @@ class _Run:
         groups = meta["optimizer"]["param_groups"]
         for g in groups:
             g["betas"] = tuple(g["betas"])
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        load_optimizer_state(self.optimizer, {"state": state, "param_groups": groups})
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"])
         self.nonfinite_total, self.nonfinite_streak = int(meta["nonfinite_total"]), int(meta["nonfinite_streak"])
