@@ -240,16 +240,19 @@ def test_no_observation_at_all_stops_the_robot(tmp_path):
 
 
 class _CountingActor:
-    """Chunks of `horizon` actions, every action of call c (warm-up calls included) equal to 0.01 * c."""
+    """Chunks of `horizon` actions, every action of call c (warm-up calls included) equal to 0.01 * c. Like
+    PolicyRunner with its feature cache it times an encoding per observed frame (`encode_ms`: here the number of
+    calls made before that frame, so a warm-up frame's entry is 0)."""
 
     def __init__(self, horizon: int = 4):
-        self.horizon, self.calls, self.inference_ms = horizon, 0, []
+        self.horizon, self.calls, self.observed, self.inference_ms, self.encode_ms = horizon, 0, 0, [], []
 
     def reset(self, seed=None) -> None:
         pass
 
     def observe(self, obs) -> None:
-        pass
+        self.observed += 1
+        self.encode_ms.append(float(self.calls))
 
     def predict_chunk(self) -> np.ndarray:
         self.calls += 1
@@ -286,6 +289,14 @@ def test_chunks_executed_or_ensembled_inside_the_loop(tmp_path, blend):
         assert actor.calls == 1 + steps and report.dropped_actions == 0   # a call every tick; overlap is no drop
         assert not np.allclose(sent, 0.01 * (np.arange(steps) + 2))       # not simply each tick's newest chunk
     assert np.allclose(robot.applied[0][:4], store.read("action")[0])     # what was sent is what ran
+
+
+def test_report_holds_the_frame_encodings_of_the_run_not_of_the_warm_up(tmp_path):
+    actor = _CountingActor()
+    report, _, _ = _run(actor, tmp_path, safety=SafetyConfig(max_steps=6))
+    assert report.stop_reason == "step_limit" and actor.observed >= 1 + report.steps
+    assert len(report.encode_ms) == actor.observed - 1 and min(report.encode_ms) >= 1   # the warm-up frame's is gone
+    assert report.summary()["encode_ms_p50"] == np.median(report.encode_ms)
 
 
 def test_emergency_stop_holds_within_one_period(tmp_path):

@@ -67,7 +67,7 @@ def _loop_figures(report) -> dict:
     s = report.summary()
     return {k: s[k] for k in ("steps", "holds", "dropped_actions", "period_error_ms_p50", "period_error_ms_p99",
                               "latency_ms_p50", "latency_ms_p99", "obs_age_ms_p50", "obs_age_ms_p99",
-                              "inference_ms_p50", "inference_ms_p99", "overruns", "gc_collections",
+                              "inference_ms_p50", "inference_ms_p99", "encode_ms_p50", "overruns", "gc_collections",
                               "gc_pause_ms_max", "realtime")}
 
 
@@ -290,14 +290,15 @@ def blending(ckpts: list[str], rate: float, episodes: int) -> list[dict]:
 
 
 def format_table(result: dict) -> str:
-    lines = ["mode                  rate  period err p50/p99 ms  obs->action p50/p99 ms  inference p50 ms  dropped  "
-             "holds  overruns  ROS added p50 ms  e-stop->robot ms  loop thread"]
+    lines = ["mode                  rate  period err p50/p99 ms  obs->action p50/p99 ms  inference p50 ms  "
+             "encode p50 ms  dropped  holds  overruns  ROS added p50 ms  e-stop->robot ms  loop thread"]
     for r in result["loop"]:
         def f(v):
             return "  n/a" if v is None else f"{v:5.2f}"
         lines.append(f"{r['mode']:<20} {r['rate_hz']:5.0f}  {f(r.get('period_error_ms_p50'))} / "
                      f"{f(r.get('period_error_ms_p99'))}        {f(r.get('latency_ms_p50'))} / "
-                     f"{f(r.get('latency_ms_p99'))}          {f(r.get('inference_ms_p50'))}       "
+                     f"{f(r.get('latency_ms_p99'))}          {f(r.get('inference_ms_p50'))}          "
+                     f"{f(r.get('encode_ms_p50'))}     "
                      f"{r.get('dropped_actions', 'n/a'):>5}  {r.get('holds', 'n/a'):>5}  {r.get('overruns', 'n/a'):>8}  "
                      f"{f(r.get('ros_added_ms_p50'))}             {f(r.get('estop_to_robot_ms'))}             "
                      f"{r.get('realtime', '')}{'  ' + r['skipped'] if 'skipped' in r else ''}")

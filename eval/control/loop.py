@@ -153,7 +153,8 @@ class ControlReport:
     period_error_ms: list[float] = field(default_factory=list)    # tick start - its target time
     latency_ms: list[float] = field(default_factory=list)         # tick start (observation read) -> action sent
     obs_age_ms: list[float] = field(default_factory=list)         # tick start - observation time
-    inference_ms: list[float] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)       # network calls (the head alone with a feature cache)
+    encode_ms: list[float] = field(default_factory=list)          # frames encoded on arrival (PolicyRunner's cache)
     overruns: int = 0                    # ticks that began a whole period or more late (the previous tick overran)
     gc_pauses_ms: list[float] = field(default_factory=list)       # garbage collections during the ticks
     realtime: str = ""                   # the scheduling the loop thread had (timing.realtime_thread)
@@ -170,6 +171,7 @@ class ControlReport:
                 "latency_ms_p50": percentile(self.latency_ms, 50), "latency_ms_p99": percentile(self.latency_ms, 99),
                 "obs_age_ms_p50": percentile(self.obs_age_ms, 50), "obs_age_ms_p99": percentile(self.obs_age_ms, 99),
                 "inference_ms_p50": percentile(self.inference_ms, 50), "inference_ms_p99": percentile(self.inference_ms, 99),
+                "encode_ms_p50": percentile(self.encode_ms, 50), "encode_ms_p99": percentile(self.encode_ms, 99),
                 "events": [e.to_dict() for e in self.events]}
 
 
@@ -209,6 +211,7 @@ class ControlLoop:
             self.actor.predict_chunk()
         self.actor.reset(seed)
         self.actor.inference_ms.clear()
+        getattr(self.actor, "encode_ms", []).clear()
 
     def run(self, seed: int | None = None) -> ControlReport:
         report = ControlReport()
@@ -221,6 +224,7 @@ class ControlLoop:
             raise
         finally:
             report.inference_ms = list(self.actor.inference_ms)
+            report.encode_ms = list(getattr(self.actor, "encode_ms", []))
             report.success = getattr(self.robot, "success", None)
             if self.recorder is not None:
                 self.recorder.finish(report)
