@@ -1,7 +1,7 @@
 """The MeanFlow objective (MP1's head): learn the average velocity u(z_t, r, t) over [r, t], sample in one step.
 
     MeanFlow identity   u(z_t, r, t) = v - (t - r) du/dt,   du/dt = JVP of u along (dz/dt, dr/dt, dt/dt) = (v, 0, 1)
-    target              u_tgt = sg(v - (t - r) * du/dt)          (torch.func.jvp, in float32 or wider)
+    target              u_tgt = sg(v - (t - r) * du/dt)          (forward-mode AD, in float32 or wider)
     loss                mean_i w_i ||u_i - u_tgt_i||^2,   w = sg(1 / (||u - u_tgt||^2 + c)^p)
     (t, r)              logit-normal pairs sorted t >= r, a fraction with r = t (plain flow matching)
     guidance (CFG)      v_tilde = w v + kappa u(z_t, t, t | c) + (1 - w - kappa) u(z_t, t, t | null)  (no grad)
@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from .config import MeanFlowConfig
 from .head import (AverageVelocityHead, DerivedVelocity, HeadLoss, adaptive_l2_loss, average_velocity_error,
@@ -43,12 +45,23 @@ def jvp_dudt(fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dz_dt: torch
     """Total time derivative of u = fn(z, r, t) along (dz/dt, dr/dt, dt/dt) = (dz_dt, 0, 1), by forward-mode AD.
 
     fn returns (u, aux). Runs outside autocast and in at least float32 (half-precision JVPs are a known NaN
-    source). Returns (u, du/dt, aux); u and aux keep their autograd graph, du/dt is not detached here."""
+    source). Returns (u, du/dt, aux); u and aux keep their autograd graph, du/dt is not detached here.
+    Dual tensors (torch.autograd.forward_ad) rather than torch.func.jvp, so that the backbone's layers can give
+    their own tangent formulas (unet.linear, unet.group_norm); r is no dual (its tangent is zero)."""
     dtype = torch.promote_types(z.dtype, torch.float32)
     z, r, t, dz_dt = (a.to(dtype) for a in (z, r, t, dz_dt))
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        u, dudt, aux = torch.func.jvp(fn, (z, r, t), (dz_dt, torch.zeros_like(r), torch.ones_like(t)), has_aux=True)
+    with torch.autocast(device_type=z.device.type, enabled=False), fwAD.dual_level():
+        out, aux = fn(fwAD.make_dual(z, dz_dt), r, fwAD.make_dual(t, torch.ones_like(t)))
+        u, dudt = fwAD.unpack_dual(out)
+        aux = tree_map(_primal, aux)
+    if dudt is None:                    # u does not depend on (z, t)
+        dudt = torch.zeros_like(u)
     return u, dudt, aux
+
+
+def _primal(x):
+    """A dual tensor's primal (its autograd graph kept); anything else unchanged."""
+    return fwAD.unpack_dual(x).primal if torch.is_tensor(x) else x
 
 
 class MeanFlowHead(AverageVelocityHead):

@@ -1,7 +1,8 @@
 """The training step's speed-ups (issue 16) against plain reference computations, in float32 on fixed inputs:
 the encoder's max-pool over the points that carry gradient (encoder.py), the convolution taps that only meet
-padding left out (unet.py), the fused AdamW (training/optim.py). Each compares values and gradients (or updated
-weights) of the fast path with the computation it replaces, written out here."""
+padding left out and the layers' own forward-mode tangents in the JVP (unet.py, meanflow.jvp_dudt), the fused
+AdamW (training/optim.py). Each compares values and gradients (or updated weights) of the fast path with the
+computation it replaces, written out here."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import copy
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from mfp.demos.normalizer import MinMaxNormalizer
 from mfp.policies import PolicyConfig, build_policy
+from mfp.policies import meanflow
 from mfp.policies.encoder import PointNetEncoderXYZ, max_over_points
 from mfp.policies.training.optim import load_optimizer_state, make_adamw
-from mfp.policies.unet import SequenceConv1d, live_taps
+from mfp.policies.unet import ConditionalUnet1D, GroupNorm, Linear, SequenceConv1d, group_norm, linear, live_taps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,6 +32,22 @@ def reference_point_encoder(enc: PointNetEncoderXYZ, points: torch.Tensor) -> to
 def reference_conv(conv: SequenceConv1d, x: torch.Tensor) -> torch.Tensor:
     """The zero-padded stride-1 convolution with every tap."""
     return F.conv1d(x, conv.weight, conv.bias, padding=conv.padding[0])
+
+
+def reference_jvp_dudt(fn, z, r, t, dz_dt):
+    """The JVP before issue 16: torch.func.jvp over (z, r, t) with tangents (dz_dt, 0, 1), PyTorch's own formulas."""
+    z, r, t, dz_dt = (a.to(torch.promote_types(z.dtype, torch.float32)) for a in (z, r, t, dz_dt))
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return torch.func.jvp(fn, (z, r, t), (dz_dt, torch.zeros_like(r), torch.ones_like(t)), has_aux=True)
+
+
+def use_reference_layers(monkeypatch) -> None:
+    """Every fast path of the step replaced by its reference: encoder, convolutions, linear and group norm, JVP."""
+    monkeypatch.setattr(PointNetEncoderXYZ, "forward", reference_point_encoder)
+    monkeypatch.setattr(SequenceConv1d, "forward", reference_conv)
+    monkeypatch.setattr(Linear, "forward", torch.nn.Linear.forward)
+    monkeypatch.setattr(GroupNorm, "forward", torch.nn.GroupNorm.forward)
+    monkeypatch.setattr(meanflow, "jvp_dudt", reference_jvp_dudt)
 
 
 def grads(loss: torch.Tensor, module: torch.nn.Module) -> list[torch.Tensor]:
@@ -128,6 +147,84 @@ def test_live_taps():
     assert live_taps(5, 2, 64) == (0, 5) and live_taps(1, 0, 1) == (0, 1) and live_taps(3, 1, 1) == (1, 2)
 
 
+# --- forward-mode tangents of the UNet's layers ---------------------------------------------------------------
+def _dual_apply(f, x: torch.Tensor, x_t: torch.Tensor):
+    """f(x) and its tangent along x_t with the layers' own formulas (dual tensors, as meanflow.jvp_dudt runs)."""
+    with fwAD.dual_level():
+        return tuple(fwAD.unpack_dual(f(fwAD.make_dual(x, x_t))))
+
+
+@pytest.mark.parametrize("shape,groups", [((5, 16, 4), 8), ((5, 32, 1), 8), ((4, 12, 3), 3), ((3, 8, 2), 1)])
+def test_group_norm_tangent_matches_torch_func_jvp(shape, groups):
+    torch.manual_seed(6)
+    gn = torch.nn.GroupNorm(groups, shape[1]).double()
+    with torch.no_grad():
+        gn.weight.normal_(), gn.bias.normal_()
+    x, x_t = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    out, tangent = _dual_apply(lambda y: group_norm(y, groups, gn.weight, gn.bias, gn.eps), x, x_t)
+    ref_out, ref_tangent = torch.func.jvp(gn, (x,), (x_t,))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(tangent, ref_tangent)
+
+
+def test_linear_tangent_matches_torch_func_jvp():
+    torch.manual_seed(7)
+    lin = torch.nn.Linear(20, 6).double()
+    x, x_t = torch.randn(4, 3, 20, dtype=torch.float64), torch.randn(4, 3, 20, dtype=torch.float64)
+    out, tangent = _dual_apply(lambda y: linear(y, lin.weight, lin.bias), x, x_t)
+    ref_out, ref_tangent = torch.func.jvp(lin, (x,), (x_t,))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(tangent, ref_tangent)
+
+
+def test_dual_weights_take_torchs_formula():
+    """A JVP along the weights too (not MeanFlow's) still gets the full tangent."""
+    torch.manual_seed(10)
+    lin = torch.nn.Linear(5, 4).double()
+    x, x_t = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    w_t = torch.randn(4, 5, dtype=torch.float64)
+    with fwAD.dual_level():
+        out = linear(fwAD.make_dual(x, x_t), fwAD.make_dual(lin.weight.detach(), w_t), lin.bias.detach())
+        tangent = fwAD.unpack_dual(out).tangent
+    torch.testing.assert_close(tangent, x_t @ lin.weight.detach().T + x @ w_t.T)
+
+
+def test_layers_outside_forward_mode_are_the_torch_layers():
+    torch.manual_seed(8)
+    x = torch.randn(4, 16, 3)
+    gn, ref_gn = GroupNorm(8, 16), torch.nn.GroupNorm(8, 16)
+    lin, ref_lin = Linear(3, 5), torch.nn.Linear(3, 5)
+    ref_gn.load_state_dict(gn.state_dict())
+    ref_lin.load_state_dict(lin.state_dict())
+    assert torch.equal(gn(x), ref_gn(x)) and torch.equal(lin(x), ref_lin(x))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, dict(rtol=1e-9, atol=1e-9)),
+                                       (torch.float32, dict(rtol=1e-4, atol=1e-4))])
+def test_unet_jvp_matches_torch_func_jvp_values_tangents_and_gradients(dtype, tol, monkeypatch):
+    """u, du/dt, the features and the gradients of a loss on u and the features, for a UNet whose deepest levels
+    run at T = 1 and 2, by meanflow.jvp_dudt against torch.func.jvp with PyTorch's layers."""
+    torch.manual_seed(9)
+    net = ConditionalUnet1D(3, 10, down_dims=(16, 32, 64), time_embed_dim=16, two_times=True).to(dtype)
+    g = torch.Generator().manual_seed(9)
+    z, v = (torch.randn(6, 4, 3, generator=g, dtype=dtype) for _ in range(2))
+    cond = torch.randn(6, 10, generator=g, dtype=dtype)
+    t = torch.rand(6, generator=g, dtype=dtype)
+    r = t * torch.rand(6, generator=g, dtype=dtype)
+    w = torch.randn(6, 4, 3, generator=g, dtype=dtype)
+
+    def run(jvp):
+        u, dudt, feats = jvp(lambda z_, r_, t_: net(z_, t_, r_, cond=cond, return_features=True), z, r, t, v)
+        loss = (u * w).sum() + sum(f.square().mean() for f in feats)
+        return [u.detach(), dudt.detach(), *(f.detach() for f in feats)], grads(loss, net)
+
+    out, g_out = run(meanflow.jvp_dudt)
+    use_reference_layers(monkeypatch)
+    ref, g_ref = run(reference_jvp_dudt)
+    assert_all_close(out, ref, **tol)
+    assert_all_close(g_out, g_ref, **tol)
+
+
 # --- the whole MeanFlow step ---------------------------------------------------------------------------------
 def _policy_and_batch(seed: int = 0):
     cfg = PolicyConfig(head="meanflow", n_points=256, agent_dim=5, action_dim=3, unet={"preset": "tiny"})
@@ -150,13 +247,12 @@ def _loss_and_grads(policy, batch, seed: int = 5):
 
 
 def test_meanflow_step_loss_and_gradients_match_the_reference_step(monkeypatch):
-    """MeanFlow (x-prediction, JVP) on the tiny preset: loss and every parameter's gradient of a step with the fast
-    encoder and convolutions, against the same step with the reference encoder (full cloud, amax) and full-tap
-    convolutions."""
+    """MeanFlow (x-prediction, JVP) on the tiny preset: loss and every parameter's gradient of a step with every
+    fast path, against the same step with the references (full-cloud amax encoder, full-tap convolutions,
+    torch.func.jvp through PyTorch's layers)."""
     policy, batch = _policy_and_batch()
     loss, g = _loss_and_grads(policy, batch)
-    monkeypatch.setattr(PointNetEncoderXYZ, "forward", reference_point_encoder)
-    monkeypatch.setattr(SequenceConv1d, "forward", reference_conv)
+    use_reference_layers(monkeypatch)
     loss_ref, g_ref = _loss_and_grads(policy, batch)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert_all_close(g, g_ref, rtol=1e-3, atol=1e-6)
