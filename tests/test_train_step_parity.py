@@ -69,17 +69,18 @@ def clouds(batch: int = 6, n: int = 128, seed: int = 0) -> torch.Tensor:
 
 
 # --- encoder: the max-pool over the points that carry gradient -----------------------------------------------
-def test_pooled_points_hold_every_channels_maximising_point_once():
+def test_pooled_points_hold_every_positive_channels_maximising_point_once():
+    """(A channel that is 0 at every point after the ReLU passes no gradient: any point will do for it.)"""
     torch.manual_seed(0)
     enc = PointNetEncoderXYZ((16, 32, 64), 8)
     points = clouds()
     kept = enc.pooled_points(points)
     assert kept.shape[0] == points.shape[0] and kept.shape[1] < points.shape[1]   # fewer points than the cloud
     with torch.no_grad():
-        argmax = enc.point_mlp(points).max(dim=1).indices                           # (B, C)
-    for cloud, sub, best in zip(points, kept, argmax):
+        best = enc.point_mlp(points).max(dim=1)                                     # (B, C) values, indices
+    for cloud, sub, value, index in zip(points, kept, best.values, best.indices):
         rows = [int((cloud == p).all(dim=1).nonzero()[0]) for p in sub]           # the cloud's own points
-        assert len(set(rows)) == len(rows) and set(best.tolist()) <= set(rows)
+        assert len(set(rows)) == len(rows) and set(index[value > 0].tolist()) <= set(rows)
 
 
 def test_encoder_training_pass_matches_full_cloud_amax_values_and_gradients():
@@ -103,6 +104,20 @@ def test_encoder_gradients_with_duplicated_points_match_amax():
     w = torch.randn(points.shape[0], 8)
     assert_all_close(grads((enc(points) * w).sum(), enc),
                      grads((reference_point_encoder(enc, points) * w).sum(), enc), rtol=1e-4, atol=1e-6)
+
+
+def test_encoder_with_every_channel_off_after_the_relu_matches_amax():
+    """No channel positive at any point: one point per cloud suffices, and no gradient reaches the point MLP."""
+    torch.manual_seed(11)
+    enc = PointNetEncoderXYZ((16, 32, 64), 8)
+    with torch.no_grad():
+        enc.point_mlp[-2].bias.fill_(-100.0)                 # the last LayerNorm's shift: every channel < 0
+    points = clouds(seed=11)
+    assert enc.pooled_points(points).shape[1] == 1
+    w = torch.randn(points.shape[0], 8)
+    out, ref = enc(points), reference_point_encoder(enc, points)
+    torch.testing.assert_close(out, ref)
+    assert_all_close(grads((out * w).sum(), enc), grads((ref * w).sum(), enc), rtol=1e-5, atol=1e-7)
 
 
 def test_encoder_without_autograd_is_the_full_cloud_amax_exactly():
